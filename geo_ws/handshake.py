@@ -1,0 +1,96 @@
+"""The opening handshake of RFC 6455 section 4.2, sans-I/O.
+
+Checks the headers of an upgrade request and builds the ``101 Switching Protocols``
+response, or raises :class:`~geo_ws.exceptions.HandshakeError` with the HTTP status
+to refuse it with. It reads a WSGI environ (a plain dict) and returns bytes: no
+sockets, no gevent, no Flask.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from .exceptions import HandshakeError
+
+__all__ = ["GUID", "accept_key", "check_request", "is_upgrade_request", "response_101"]
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+"""The magic string of RFC 6455 section 1.3, hashed with the client's key."""
+
+
+def _tokens(value: str) -> set[str]:
+    """Split a comma-separated header into lower-cased tokens."""
+    return {token.strip().lower() for token in value.split(",")}
+
+
+def is_upgrade_request(environ: Mapping[str, Any]) -> bool:
+    """Tell whether a WSGI request asks to be upgraded to a WebSocket."""
+    return "upgrade" in _tokens(environ.get("HTTP_CONNECTION", "")) and (
+        environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+    )
+
+
+def accept_key(key: str) -> str:
+    """Return the ``Sec-WebSocket-Accept`` value for a client's ``Sec-WebSocket-Key``."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + GUID).digest()).decode("ascii")
+
+
+def check_request(environ: Mapping[str, Any]) -> str:
+    """Validate a WebSocket upgrade request and return its ``Sec-WebSocket-Key``.
+
+    Args:
+        environ: the WSGI environ of the request.
+
+    Raises:
+        HandshakeError: 400 for a request that is not a valid upgrade (not GET, missing
+            ``Upgrade``/``Connection`` tokens, missing or malformed key), 426 with a
+            ``Sec-WebSocket-Version: 13`` header for a missing or unsupported version.
+    """
+    if not is_upgrade_request(environ):
+        raise HandshakeError(
+            426,
+            "this URL only serves WebSocket connections",
+            [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        )
+    if environ.get("REQUEST_METHOD") != "GET":
+        raise HandshakeError(400, "a WebSocket handshake must use GET")
+    version = str(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")).strip()
+    if version != "13":
+        raise HandshakeError(
+            426,
+            f"unsupported Sec-WebSocket-Version {version!r}: only 13 is supported"
+            if version
+            else "missing Sec-WebSocket-Version header",
+            [("Sec-WebSocket-Version", "13")],
+        )
+    key = str(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")).strip()
+    if not key:
+        raise HandshakeError(400, "missing Sec-WebSocket-Key header")
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 16:
+        raise HandshakeError(400, "invalid Sec-WebSocket-Key header: not 16 bytes in base64")
+    return key
+
+
+def response_101(key: str, headers: list[tuple[str, str]] | None = None) -> bytes:
+    """Build the ``101 Switching Protocols`` response that accepts a handshake.
+
+    Args:
+        key: the client's ``Sec-WebSocket-Key`` as returned by :func:`check_request`.
+        headers: extra headers, e.g. ``Sec-WebSocket-Protocol``.
+    """
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept_key(key)}",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in headers or ())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

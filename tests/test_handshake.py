@@ -1,0 +1,71 @@
+"""The opening handshake, sans-I/O (RFC 6455 section 4.2)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from geo_ws.exceptions import HandshakeError
+from geo_ws.handshake import accept_key, check_request, is_upgrade_request, response_101
+
+KEY = base64.b64encode(b"0123456789abcdef").decode()
+
+
+def environ(**overrides: str) -> dict[str, str]:
+    env = {
+        "REQUEST_METHOD": "GET",
+        "HTTP_CONNECTION": "keep-alive, Upgrade",
+        "HTTP_UPGRADE": "websocket",
+        "HTTP_SEC_WEBSOCKET_VERSION": "13",
+        "HTTP_SEC_WEBSOCKET_KEY": KEY,
+    }
+    env.update(overrides)
+    return {name: value for name, value in env.items() if value is not None}
+
+
+def test_accept_key_matches_the_rfc_example() -> None:
+    # RFC 6455 section 1.3.
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_a_valid_request_returns_its_key() -> None:
+    assert check_request(environ()) == KEY
+    assert is_upgrade_request(environ(HTTP_UPGRADE="WebSocket"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "words"),
+    [
+        ({"HTTP_UPGRADE": ""}, 426, "only serves WebSocket"),
+        ({"HTTP_CONNECTION": "keep-alive"}, 426, "only serves WebSocket"),
+        ({"REQUEST_METHOD": "POST"}, 400, "GET"),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": ""}, 426, "missing Sec-WebSocket-Version"),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": "8"}, 426, "only 13"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": ""}, 400, "missing Sec-WebSocket-Key"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": "not base64!"}, 400, "16 bytes"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(b"short").decode()}, 400, "16 bytes"),
+    ],
+)
+def test_invalid_requests_are_refused(overrides: dict[str, str], status: int, words: str) -> None:
+    with pytest.raises(HandshakeError) as error:
+        check_request(environ(**overrides))
+    assert error.value.status == status
+    assert words in error.value.reason
+
+
+def test_a_version_refusal_advertises_version_13() -> None:
+    with pytest.raises(HandshakeError) as error:
+        check_request(environ(HTTP_SEC_WEBSOCKET_VERSION="8"))
+    assert ("Sec-WebSocket-Version", "13") in error.value.headers
+
+
+def test_the_101_response() -> None:
+    response = response_101(KEY, [("Sec-WebSocket-Protocol", "chat")])
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert rest == b""
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 101 Switching Protocols"
+    assert "Upgrade: websocket" in lines and "Connection: Upgrade" in lines
+    assert f"Sec-WebSocket-Accept: {accept_key(KEY)}" in lines
+    assert "Sec-WebSocket-Protocol: chat" in lines
