@@ -1,0 +1,347 @@
+"""One upgraded socket on gevent: frames in through the sans-I/O protocol, frames out
+through a single writer.
+
+The greenlet that owns a :class:`Connection` (the request's greenlet) reads; any
+greenlet may send. Sending never blocks the caller: a frame is written straight into
+the socket's kernel buffer when it has room and nothing is queued, otherwise it joins
+a bounded outbox drained by one writer greenlet, so frames never interleave and a
+slow client never stalls a broadcast. A client whose outbox overflows is closed with
+1008.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gevent
+from gevent import Greenlet
+
+from .exceptions import ConnectionClosed
+from .frames import Opcode, encode_frame
+from .protocol import Close, Event, Failure, Message, Ping, Protocol
+
+__all__ = ["Connection", "Interrupted", "encode_message"]
+
+logger = logging.getLogger("geo_ws")
+
+#: How many bytes one ``recv`` asks for.
+READ_SIZE = 65536
+#: Queued frames are joined into sends of about this size (fewer syscalls).
+BATCH_SIZE = 65536
+
+
+def encode_message(data: str | bytes | bytearray | memoryview) -> bytes:
+    """Encode one message as a frame: ``str`` as text, anything bytes-like as binary.
+
+    Raises:
+        TypeError: for any other type.
+    """
+    if isinstance(data, str):
+        return encode_frame(Opcode.TEXT, data.encode())
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return encode_frame(Opcode.BINARY, data)
+    raise TypeError(f"can only send str (text) or bytes-like (binary), not {type(data).__name__}")
+
+
+class Interrupted(Exception):
+    """Raised inside :meth:`Connection.receive` when a close was requested meanwhile."""
+
+
+class Connection:
+    """The I/O of one WebSocket connection, server side.
+
+    Args:
+        sock: the client's (gevent) socket, already upgraded.
+        recv: reads at most ``n`` bytes, ``b""`` at EOF; defaults to ``sock.recv``.
+            Servers that buffer the request pass their buffered reader's ``read1``
+            so that bytes read past the request head are not lost.
+        max_message_size: the largest message accepted, in bytes (``None``: no limit);
+            a larger one fails the connection with 1009.
+        max_outbox_size: how many bytes may wait for a slow client before it is
+            closed with 1008.
+        close_timeout: how long the closing handshake and the last flush may take,
+            in seconds, before the TCP connection is dropped.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        recv: Callable[[int], bytes] | None = None,
+        *,
+        max_message_size: int | None = 2**20,
+        max_outbox_size: int = 16 * 2**20,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self.sock = sock
+        self._recv = recv or sock.recv
+        self._fd = sock.fileno()
+        # gevent keeps descriptors non-blocking; os.write on one never switches greenlets.
+        self._direct = not os.get_blocking(self._fd)
+        self.protocol = Protocol(max_message_size=max_message_size)
+        self.max_outbox_size = max_outbox_size
+        self.close_timeout = close_timeout
+        self._events: deque[Event] = deque()
+        self._outbox: deque[bytes | memoryview] = deque()
+        self._outbox_bytes = 0
+        self._writer: Greenlet[Any, None] | None = None
+        self._reading: Any = None  # the greenlet blocked in recv, if any
+        self._lost = False
+        self._overflowed = False
+        self._tcp_closed = False
+        self.close_request: tuple[int, str, bool] | None = None
+        """``(code, reason, error)`` once a local close was requested, else ``None``."""
+
+    # -- sending -----------------------------------------------------------------------
+
+    @property
+    def can_send(self) -> bool:
+        """Whether data frames may still be sent (no Close sent, TCP not lost)."""
+        return not (self.protocol.close_sent or self._lost or self._overflowed)
+
+    def send(self, data: str | bytes | bytearray | memoryview) -> bool:
+        """Send one message: ``str`` as text, anything bytes-like as binary.
+
+        Returns:
+            ``False`` when the connection can no longer carry it (then nothing is sent).
+
+        Raises:
+            TypeError: ``data`` is neither ``str`` nor bytes-like.
+        """
+        return self.send_frame(encode_message(data))
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Send bytes that already form whole frames (a broadcast encodes them once).
+
+        Returns:
+            ``False`` when the connection can no longer carry it (then nothing is sent).
+        """
+        if not self.can_send:
+            return False
+        if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
+            self._overflow()
+            return False
+        self._write(frame)
+        return True
+
+    def _write(self, data: bytes | memoryview) -> None:
+        """Write now if nothing is queued and the kernel takes it, else queue it."""
+        if self._lost:
+            return
+        if self._outbox or not self._direct:
+            self._queue(data)
+            return
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._connection_lost()
+            return
+        if sent < len(data):
+            self._queue(memoryview(data)[sent:])
+
+    def _queue(self, data: bytes | memoryview) -> None:
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
+        if self._writer is None:
+            self._writer = gevent.spawn(self._drain)
+
+    def _drain(self) -> None:
+        """The writer greenlet: empties the outbox, then exits."""
+        outbox = self._outbox
+        try:
+            while outbox:
+                if len(outbox) > 1 and len(outbox[0]) < BATCH_SIZE:
+                    # Join small queued frames so one send carries many.
+                    batch = [outbox.popleft()]
+                    size = len(batch[0])
+                    while outbox and size + len(outbox[0]) <= BATCH_SIZE:
+                        size += len(outbox[0])
+                        batch.append(outbox.popleft())
+                    outbox.appendleft(b"".join(batch))
+                chunk = outbox[0]
+                sent = self.sock.send(chunk)
+                self._outbox_bytes -= sent
+                if sent < len(chunk):
+                    outbox[0] = memoryview(chunk)[sent:]
+                else:
+                    outbox.popleft()
+        except OSError:
+            self._connection_lost()
+        finally:
+            self._writer = None
+
+    def _overflow(self) -> None:
+        """The client does not read fast enough: drop what waits and close with 1008."""
+        logger.warning(
+            "closing a client that does not read: %d bytes waiting exceed max_outbox_size=%d",
+            self._outbox_bytes,
+            self.max_outbox_size,
+        )
+        self._overflowed = True
+        # The head may be half written: keep it so the stream stays well-formed.
+        while len(self._outbox) > 1:
+            self._outbox_bytes -= len(self._outbox.pop())
+        self.request_close(1008, "outbox overflow: client too slow", error=True)
+
+    def _connection_lost(self) -> None:
+        self._lost = True
+        self._outbox.clear()
+        self._outbox_bytes = 0
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def receive(self) -> str | bytes:
+        """Block until the next message and return it (``str`` text, ``bytes`` binary).
+
+        Pings are answered on the way.
+
+        Raises:
+            ConnectionClosed: the peer closed (its code), the connection was lost (1006)
+                or failed because the peer broke the protocol (the code we sent).
+            Interrupted: :meth:`request_close` was called meanwhile.
+        """
+        events = self._events
+        while True:
+            while events:
+                event = events.popleft()
+                if type(event) is Message:
+                    return event.data
+                if type(event) is Ping:
+                    self._write(encode_frame(Opcode.PONG, event.payload))
+                elif type(event) is Close:
+                    raise ConnectionClosed.for_code(event.code, event.reason)
+                elif type(event) is Failure:
+                    self._fail(event.code, event.reason)
+                    raise ConnectionClosed.for_code(event.code, event.reason)
+            if self.close_request is not None:
+                raise Interrupted
+            events.extend(self._read_events())
+
+    def _read_events(self) -> list[Event]:
+        """Read once from the socket (interruptible) and parse what came."""
+        self._reading = gevent.getcurrent()
+        try:
+            data = self._recv(READ_SIZE)
+        except OSError:
+            data = b""
+        finally:
+            self._reading = None
+        if not data:
+            self._connection_lost()
+            return self.protocol.receive_eof()
+        return self.protocol.receive_data(data)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def request_close(self, code: int, reason: str = "", *, error: bool = False) -> None:
+        """Ask the owning greenlet to close the connection, from any greenlet.
+
+        The first request wins. If the owner is waiting for data it is interrupted at
+        once; if it is busy (running a handler) it closes when that returns.
+        """
+        if self.close_request is not None:
+            return
+        self.close_request = (code, reason, error)
+        if self._reading is not None:
+            gevent.get_hub().loop.run_callback(self._interrupt)
+
+    def _interrupt(self) -> None:
+        # Runs in the hub: throw only if the owner is still parked in recv, never
+        # into application code.
+        reader = self._reading
+        if reader is not None:
+            reader.throw(Interrupted)
+
+    def close(self, code: int | None = 1000, reason: str = "") -> None:
+        """Run the closing handshake and close TCP, bounded by ``close_timeout``.
+
+        Sends our Close (unless sent already), waits for the peer's (unless received
+        already), then closes the socket. Call it from the owning greenlet.
+        """
+        if self._tcp_closed:
+            return
+        if self.close_request is None:
+            # Later requests must not interrupt the handshake below.
+            self.close_request = (1000 if code is None else code, reason, False)
+        deadline = _Deadline(self.close_timeout)
+        if not self.protocol.close_sent and not self._lost:
+            self._write(self.protocol.send_close(code, reason))
+        try:
+            with _bounded(deadline.remaining()):
+                failed = False
+                while not (self.protocol.close_received or self._lost or failed):
+                    failed = any(type(event) is Failure for event in self._read_events())
+        finally:
+            self._close_tcp(deadline)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection: send Close with ``code`` and close TCP without waiting."""
+        deadline = _Deadline(self.close_timeout)
+        if not self.protocol.close_sent and not self._lost:
+            self._write(self.protocol.send_close(code, reason))
+        self._close_tcp(deadline, drain_input=True)
+
+    def _close_tcp(self, deadline: _Deadline, *, drain_input: bool = False) -> None:
+        """Flush what is queued, half-close, and close the socket (idempotent)."""
+        if self._tcp_closed:
+            return
+        self._tcp_closed = True
+        writer = self._writer
+        if writer is not None and not self._lost:
+            writer.join(deadline.remaining())
+            if self._writer is not None:
+                writer.kill(block=False)
+                self._connection_lost()
+        try:
+            if not self._lost:
+                self.sock.shutdown(socket.SHUT_WR)
+                if drain_input:
+                    # Reading to EOF keeps the kernel from answering with RST, which
+                    # could destroy our Close frame before the peer reads it.
+                    with _bounded(deadline.remaining()):
+                        while self._recv(READ_SIZE):
+                            pass
+        except OSError:
+            pass
+        finally:
+            self._connection_lost()
+            self.sock.close()
+
+    def abort(self) -> None:
+        """Close the socket now, without any handshake."""
+        self._tcp_closed = True
+        if self._writer is not None:
+            self._writer.kill(block=False)
+        self._connection_lost()
+        self.sock.close()
+
+
+@contextmanager
+def _bounded(seconds: float) -> Iterator[None]:
+    """Run the block for at most ``seconds``; running out is not an error."""
+    timeout = gevent.Timeout(seconds)
+    timeout.start()
+    try:
+        yield
+    except gevent.Timeout as expired:
+        if expired is not timeout:
+            raise
+    finally:
+        timeout.close()
+
+
+class _Deadline:
+    """A point in time a sequence of bounded waits must all finish by."""
+
+    def __init__(self, timeout: float) -> None:
+        self._end = gevent.get_hub().loop.now() + timeout
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - gevent.get_hub().loop.now())

@@ -1,0 +1,429 @@
+"""Robyn's ``WebSocket(app, path)`` API on Flask.
+
+An endpoint is a Flask URL rule with ``websocket=True``, so converters, blueprints,
+``url_prefix`` and ``before_request`` hooks work as for any view, and an HTTP route
+may share the path. The view checks the handshake, takes the socket over, answers
+101 and runs the connection on the request's own greenlet, inside its request
+context, until it closes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, TypeVar, cast
+
+from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+from werkzeug.datastructures import Headers
+from werkzeug.routing import WebsocketMismatch
+
+from .concurrency import run_coroutine
+from .connection import Connection, Interrupted
+from .exceptions import ConnectionClosed, HandshakeError
+from .handshake import check_request, is_upgrade_request, response_101
+from .params import QueryParams
+from .registry import Registry, new_id
+from .wsgi import Transport, take_over
+
+__all__ = ["EVENTS", "INJECTABLE", "WebSocket", "WebSocketConnector"]
+
+logger = logging.getLogger("geo_ws")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Data = str | bytes | bytearray | memoryview
+
+EVENTS = ("connect", "message", "close")
+"""The events a handler can be registered for."""
+INJECTABLE = ("ws", "msg", "global_dependencies", "router_dependencies")
+"""The parameter names a handler may declare, in any subset and order."""
+
+
+@dataclass(frozen=True)
+class _Handler:
+    """A handler and the names it asked for, inspected once at registration."""
+
+    fn: Callable[..., Any]
+    params: tuple[str, ...]
+
+
+@dataclass
+class _AppState:
+    """geo_ws's state in one Flask app, kept in ``app.extensions["geo_ws"]``."""
+
+    global_dependencies: dict[str, Any] = field(default_factory=dict)
+    registries: dict[WebSocket, Registry] = field(default_factory=dict)
+
+
+def _app_state(app: Flask) -> _AppState:
+    state: _AppState = app.extensions.setdefault("geo_ws", _AppState())
+    return state
+
+
+def _websocket_mismatch(error: WebsocketMismatch) -> Response:
+    """A handshake to an HTTP-only path is a 404; a plain request to a WebSocket-only path, 426."""
+    if is_upgrade_request(request.environ):
+        return Response("no WebSocket endpoint at this URL\n", 404, mimetype="text/plain")
+    return Response(
+        "this URL only serves WebSocket connections\n",
+        426,
+        [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        mimetype="text/plain",
+    )
+
+
+class WebSocket:
+    """A WebSocket endpoint on a Flask app or Blueprint, with Robyn's API.
+
+    .. code-block:: python
+
+        websocket = WebSocket(app, "/web_socket")
+
+        @websocket.on("message")
+        def message(ws, msg):
+            ws.sync_broadcast(msg)
+            return "sent"
+
+    Args:
+        app: a :class:`flask.Flask` app or a :class:`flask.Blueprint` (the endpoint
+            exists on each app the blueprint is registered on, under its prefix).
+        path: a Flask rule; converters land in ``ws.path_params``.
+        endpoint: the Flask endpoint name (default: derived from ``path``).
+        max_message_size: the largest message accepted, in bytes; a larger one closes
+            the connection with 1009. ``None`` accepts any size.
+        max_outbox_size: how many bytes may wait for a client that does not read
+            before it is closed with 1008.
+        close_timeout: how long a closing handshake may take, in seconds.
+    """
+
+    def __init__(
+        self,
+        app: Flask | Blueprint,
+        path: str,
+        *,
+        endpoint: str | None = None,
+        max_message_size: int | None = 2**20,
+        max_outbox_size: int = 16 * 2**20,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self.path = path
+        """The URL rule of the endpoint."""
+        self.max_message_size = max_message_size
+        self.max_outbox_size = max_outbox_size
+        self.close_timeout = close_timeout
+        self.router_dependencies: dict[str, Any] = {}
+        """What :meth:`inject` fed; handlers get it as ``router_dependencies``."""
+        self._handlers: dict[str, _Handler] = {}
+        self._global_injections: dict[str, Any] = {}
+        self._apps: list[Flask] = []
+        app.add_url_rule(
+            path,
+            endpoint or "geo_ws:" + path.replace(".", "_"),
+            view_func=self._view,
+            methods=["GET"],
+            websocket=True,
+        )
+        if isinstance(app, Blueprint):
+            app.record_once(lambda setup: self._attach(cast(Flask, setup.app)))
+        else:
+            self._attach(app)
+
+    def _attach(self, app: Flask) -> None:
+        """Give this endpoint a registry in ``app`` (once per app)."""
+        state = _app_state(app)
+        state.registries[self] = Registry()
+        state.global_dependencies.update(self._global_injections)
+        app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
+        self._apps.append(app)
+
+    # -- registration ------------------------------------------------------------------
+
+    def on(self, event: str) -> Callable[[F], F]:
+        """Register the handler of ``event`` (``"connect"``, ``"message"`` or ``"close"``).
+
+        The handler's parameters are injected by name, any subset of ``ws``, ``msg``,
+        ``global_dependencies`` and ``router_dependencies``. Its return value is sent
+        to its client. Registering a handler again replaces it.
+
+        Raises:
+            ValueError: ``event`` is not one of the three.
+            TypeError: (from the decorator) the handler asks for another parameter.
+        """
+        if event not in EVENTS:
+            raise ValueError(
+                f"unknown WebSocket event {event!r}: use 'connect', 'message' or 'close'"
+            )
+
+        def decorator(fn: F) -> F:
+            params = tuple(inspect.signature(fn).parameters)
+            unknown = [name for name in params if name not in INJECTABLE]
+            if unknown:
+                raise TypeError(
+                    f"{getattr(fn, '__qualname__', fn)!s} asks for {', '.join(unknown)}: "
+                    f"WebSocket handlers may only take {', '.join(INJECTABLE)}"
+                )
+            self._handlers[event] = _Handler(fn, params)
+            return fn
+
+        return decorator
+
+    def inject(self, **dependencies: Any) -> None:
+        """Add to ``router_dependencies``, seen by this endpoint's handlers."""
+        self.router_dependencies.update(dependencies)
+
+    def inject_global(self, **dependencies: Any) -> None:
+        """Add to ``global_dependencies``, shared by every endpoint of the app."""
+        self._global_injections.update(dependencies)
+        for app in self._apps:
+            _app_state(app).global_dependencies.update(dependencies)
+
+    # -- sending from anywhere ---------------------------------------------------------
+
+    def _registry(self) -> Registry:
+        """This endpoint's registry in the current app, or in its only app."""
+        if has_app_context():
+            state: _AppState | None = current_app.extensions.get("geo_ws")
+            if state is not None and self in state.registries:
+                return state.registries[self]
+        if len(self._apps) == 1:
+            return _app_state(self._apps[0]).registries[self]
+        if not self._apps:
+            raise RuntimeError(
+                f"WebSocket {self.path!r} is on a blueprint that no app has registered yet"
+            )
+        raise RuntimeError(
+            f"WebSocket {self.path!r} is on several apps: send from within an app context"
+        )
+
+    def sync_send_to(self, connection_id: str, data: Data) -> bool:
+        """Send ``data`` to one client by id; a missing id is a no-op.
+
+        Returns:
+            Whether the client was connected to take it.
+        """
+        return self._registry().send_to(connection_id, data)
+
+    def sync_broadcast(self, data: Data) -> int:
+        """Send ``data`` to every client of this endpoint.
+
+        Returns:
+            How many clients took it.
+        """
+        return self._registry().broadcast(data)
+
+    async def async_send_to(self, connection_id: str, data: Data) -> bool:
+        """Awaitable :meth:`sync_send_to`."""
+        return self.sync_send_to(connection_id, data)
+
+    async def async_broadcast(self, data: Data) -> int:
+        """Awaitable :meth:`sync_broadcast`."""
+        return self.sync_broadcast(data)
+
+    def close(self, connection_id: str, code: int = 1000, reason: str = "") -> bool:
+        """Close one client by id.
+
+        Returns:
+            Whether the client was connected.
+        """
+        registry = self._registry()
+        connection = registry.get(connection_id)
+        if connection is None:
+            return False
+        registry.remove(connection_id)
+        connection.request_close(code, reason)
+        return True
+
+    def connection_ids(self) -> list[str]:
+        """The ids of the clients connected to this endpoint, in this process."""
+        return list(self._registry())
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _view(self, **path_params: Any) -> Response:
+        """The Flask view: handshake, take the socket over, run the connection."""
+        environ = request.environ
+        try:
+            key = check_request(environ)
+        except HandshakeError as error:
+            return Response(error.reason + "\n", error.status, error.headers, mimetype="text/plain")
+        transport = take_over(environ)
+        if transport is None:
+            logger.error("%s: this WSGI server cannot hand a socket over", request.path)
+            return Response(
+                "this server cannot upgrade to WebSocket: serve the app with geo-ws run, "
+                "geo_ws.run() or gunicorn -k gevent\n",
+                500,
+                mimetype="text/plain",
+            )
+        connection = Connection(
+            transport.sock,
+            transport.recv,
+            max_message_size=self.max_message_size,
+            max_outbox_size=self.max_outbox_size,
+            close_timeout=self.close_timeout,
+        )
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        connector = WebSocketConnector(self, _app_state(app), connection, path_params)
+        transport.sock.sendall(response_101(key))
+        if transport.connections is not None:
+            transport.connections.add(connection)
+        try:
+            connector._run()
+        finally:
+            if transport.connections is not None:
+                transport.connections.discard(connection)
+        return _EndOfSocket(transport)
+
+
+class _EndOfSocket(Response):
+    """What the view returns once the socket is done: ends the WSGI call quietly."""
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__()
+        self._transport = transport
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self._transport.end_response()
+
+
+class WebSocketConnector:
+    """One client of an endpoint: what handlers receive as ``ws``.
+
+    Robyn's ``WebSocketConnector``: an id, the request's parameters, and sends to this
+    or any other client of the same endpoint.
+    """
+
+    def __init__(
+        self,
+        endpoint: WebSocket,
+        state: _AppState,
+        connection: Connection,
+        path_params: dict[str, Any],
+    ) -> None:
+        self.id = new_id()
+        """Unique id of this client (``NODE.N``: NODE says which process holds it)."""
+        self.path_params = path_params
+        """Values of the rule's converters (``/rooms/<room>`` -> ``{"room": ...}``)."""
+        self.headers: Headers = request.headers
+        """The handshake's request headers."""
+        self.remote_addr: str | None = request.remote_addr
+        """The client's address."""
+        self._query_string = request.query_string
+        self._endpoint = endpoint
+        self._state = state
+        self._registry = state.registries[endpoint]
+        self._connection = connection
+
+    @cached_property
+    def query_params(self) -> QueryParams:
+        """The handshake's query string (Robyn's ``QueryParams``)."""
+        return QueryParams(self._query_string.decode("utf-8", "replace"))
+
+    # -- Robyn's API -------------------------------------------------------------------
+
+    def sync_send_to(self, connection_id: str, data: Data) -> bool:
+        """Send ``data`` to a client of this endpoint by id (``ws.id`` for this one).
+
+        Sending to an id that is not connected does nothing.
+
+        Returns:
+            Whether that client was connected to take it.
+        """
+        return self._registry.send_to(connection_id, data)
+
+    def sync_broadcast(self, data: Data) -> int:
+        """Send ``data`` to every client of this endpoint, this one included.
+
+        Returns:
+            How many clients took it.
+        """
+        return self._registry.broadcast(data)
+
+    async def async_send_to(self, connection_id: str, data: Data) -> bool:
+        """Awaitable :meth:`sync_send_to`."""
+        return self.sync_send_to(connection_id, data)
+
+    async def async_broadcast(self, data: Data) -> int:
+        """Awaitable :meth:`sync_broadcast`."""
+        return self.sync_broadcast(data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close this client: unregister it at once, then send Close and close TCP.
+
+        From one of this client's own handlers the Close goes out when the handler
+        returns, after its return value; from anywhere else, at once.
+        """
+        self._registry.remove(self.id)
+        self._connection.request_close(code, reason)
+
+    # -- the connection's life ---------------------------------------------------------
+
+    def _run(self) -> None:
+        """Serve the connection until it closes; the close handler runs exactly once."""
+        connection = self._connection
+        self._registry.add(self.id, connection)
+        peer_code: int | None = None
+        try:
+            self._dispatch("connect", "")
+            while connection.close_request is None:
+                try:
+                    message = connection.receive()
+                except Interrupted:
+                    break
+                except ConnectionClosed as closed:
+                    # Answer a Close with its own code; none if it came without one.
+                    peer_code = None if closed.code in (1005, 1006) else closed.code
+                    break
+                self._dispatch("message", message)
+        except BaseException:
+            # Killed (server stop) or a bug: nothing more may be sent.
+            self._registry.remove(self.id)
+            self._dispatch("close", "", deliver=False)
+            connection.abort()
+            raise
+        self._registry.remove(self.id)
+        request_ = connection.close_request
+        self._dispatch("close", "", deliver=connection.can_send and not (request_ and request_[2]))
+        # A failing close handler turns a clean local close into 1011.
+        request_ = connection.close_request
+        if request_ is not None:
+            connection.close(request_[0], request_[1])
+        else:
+            connection.close(peer_code, "")
+
+    def _dispatch(self, event: str, message: str | bytes, *, deliver: bool = True) -> None:
+        """Run the ``event`` handler; send what it returns; on error, close with 1011."""
+        handler = self._endpoint._handlers.get(event)
+        if handler is None:
+            return
+        try:
+            result = handler.fn(**{name: self._inject(name, message) for name in handler.params})
+            if inspect.isawaitable(result):
+                result = run_coroutine(result)
+            if deliver and result is not None:
+                self._send_result(event, result)
+        except Exception:
+            logger.exception("the %s handler of WebSocket %s failed", event, self._endpoint.path)
+            self._connection.request_close(1011, "internal server error", error=True)
+
+    def _inject(self, name: str, message: str | bytes) -> Any:
+        if name == "ws":
+            return self
+        if name == "msg":
+            return message
+        if name == "global_dependencies":
+            return self._state.global_dependencies
+        return self._endpoint.router_dependencies
+
+    def _send_result(self, event: str, result: Any) -> None:
+        """Send a handler's return value: str as text, bytes as binary, dict/list as JSON."""
+        if isinstance(result, (dict, list)):
+            result = current_app.json.dumps(result)
+        if not isinstance(result, (str, bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"the {event} handler returned {type(result).__name__}: return str, bytes, "
+                "dict, list or None"
+            )
+        self._connection.send(result)

@@ -1,0 +1,65 @@
+"""Connection ids and the per-endpoint registry (geo_ws.registry)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from geo_ws.connection import Connection, encode_message
+from geo_ws.registry import Registry, new_id
+
+
+def test_ids_are_unique_and_name_their_process() -> None:
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert len({connection_id.split(".")[0] for connection_id in ids}) == 1
+
+
+def test_a_forked_process_draws_its_own_node() -> None:
+    parent = new_id().split(".")[0]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports its node and leaves at once
+        os.write(write, new_id().split(".")[0].encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    assert child and child != parent
+
+
+class Recorder:
+    """Stands in for a Connection where only what it is handed matters."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+def test_broadcast_encodes_once_and_reaches_everyone() -> None:
+    registry = Registry()
+    recorders = [Recorder() for _ in range(3)]
+    for number, recorder in enumerate(recorders):
+        registry.add(f"n.{number}", recorder)  # type: ignore[arg-type]
+    assert registry.broadcast("hi") == 3
+    frames = [recorder.frames[0] for recorder in recorders]
+    assert frames[0] == encode_message("hi")
+    assert all(frame is frames[0] for frame in frames)  # one object shared by all
+
+
+def test_send_to_and_remove() -> None:
+    registry = Registry()
+    server, client = socket.socketpair()
+    connection = Connection(server)
+    registry.add("n.1", connection)
+    assert "n.1" in registry and len(registry) == 1 and list(registry) == ["n.1"]
+    assert registry.send_to("n.1", b"data")
+    assert client.recv(100) == encode_message(b"data")
+    assert registry.remove("n.1") and not registry.remove("n.1")
+    assert not registry.send_to("n.1", "gone")  # a missing id is a no-op
+    assert registry.get("n.1") is None
+    connection.abort()
+    client.close()

@@ -1,0 +1,193 @@
+"""geo_ws's built-in server: the monkey-patching guard, graceful shutdown, one port."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import pytest
+import websocket
+
+from geo_ws.server import Server
+from tests.helpers import WAIT, RawClient
+from tests.live_apps.closing import app as closing_app
+from tests.live_apps.process import TIMEOUT_FACTOR, ServerProcess, run_python
+
+Serve = Callable[[Any], str]  # the serve fixture of conftest.py
+
+CLOSED = re.compile(r"^close handler ran for (\S+)$")
+SHUTTING_DOWN = re.compile(r"shutting down: closing (\d+) WebSocket\(s\)")
+
+
+def closing_server(*options: str) -> ServerProcess:
+    """``python -m geo_ws run tests.live_apps.closing:app --port 0 OPTIONS``."""
+    return ServerProcess(
+        "-m", "geo_ws", "run", "tests.live_apps.closing:app", "--port", "0", *options
+    )
+
+
+def close_handler_runs(server: ServerProcess) -> list[str]:
+    """The names the live app's close handler printed, once the process has exited."""
+    lines = server.stdout.finish()
+    return sorted(match.group(1) for line in lines if (match := CLOSED.match(line)))
+
+
+def test_run_refuses_to_start_without_monkey_patching() -> None:
+    script = "from flask import Flask\nimport geo_ws\ngeo_ws.run(Flask('unpatched'), port=0)\n"
+    result = run_python("-c", script)
+    assert result.returncode != 0, result
+    lines = [line.strip() for line in result.stderr.splitlines()]
+    assert "from gevent import monkey" in lines, result.stderr
+    assert "monkey.patch_all()" in lines, result.stderr
+    assert lines.index("from gevent import monkey") < lines.index("monkey.patch_all()")
+    assert "serving on" not in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_sends_close_handler_result_then_1001_and_exits_0(signum: int) -> None:
+    graceful_timeout = 10.0
+    with closing_server("--graceful-timeout", str(graceful_timeout)) as server:
+        host, port = server.wait_serving()
+        address = f"{host}:{port}"
+        clients = [RawClient(address, f"/ws?name={name}") for name in ("one", "two")]
+        try:
+            for client in clients:
+                assert client.status == 101
+                # The connect handler ran: the server holds this connection.
+                assert client.recv() == "welcome"
+            server.proc.send_signal(signum)
+            for client in clients:
+                assert client.recv() == "bye"  # the close handler's return value first
+                assert client.recv_close().code == 1001  # then the server's Close
+            server.stderr.wait_for(SHUTTING_DOWN, WAIT)
+            for client in clients:
+                client.send_close(1001)
+            # Well within the graceful timeout: the handshakes completed, nothing waited it out.
+            assert server.wait(timeout=graceful_timeout / 2) == 0
+            for client in clients:
+                assert client.at_eof()
+        finally:
+            for client in clients:
+                client.close()
+        assert close_handler_runs(server) == ["one", "two"]
+        assert any(
+            (match := SHUTTING_DOWN.search(line)) and match.group(1) == "2"
+            for line in server.stderr.lines
+        ), server.stderr.lines
+
+
+def test_client_that_never_answers_close_cannot_hold_the_shutdown() -> None:
+    with closing_server("--graceful-timeout", "1") as server:
+        host, port = server.wait_serving()
+        client = RawClient(f"{host}:{port}", "/ws?name=silent")
+        try:
+            assert client.recv() == "welcome"
+            start = gevent.get_hub().loop.now()
+            server.proc.send_signal(signal.SIGTERM)
+            assert client.recv() == "bye"
+            assert client.recv_close().code == 1001
+            # The client never answers the Close (RawClient answers nothing by itself).
+            assert server.wait(timeout=5) == 0
+            # Connection.close_timeout is 5 s; --graceful-timeout 1 must cut it short.
+            assert gevent.get_hub().loop.now() - start < 4 * TIMEOUT_FACTOR
+            assert client.at_eof()
+        finally:
+            client.close()
+        assert close_handler_runs(server) == ["silent"]
+
+
+def test_shutdown_in_process_sends_1001_and_stops_listening() -> None:
+    server = Server(("127.0.0.1", 0), closing_app, log=None)
+    server.start()
+    address = f"127.0.0.1:{server.address[1]}"
+    client = RawClient(address, "/ws?name=inprocess")
+    stopper = None
+    try:
+        assert client.recv() == "welcome"
+        assert len(server.connections) == 1
+        stopper = gevent.spawn(server.shutdown, 5)
+        assert client.recv() == "bye"
+        assert client.recv_close().code == 1001
+        client.send_close(1001)
+        assert client.at_eof()
+        stopper.join(timeout=WAIT)
+        assert stopper.successful(), stopper.exception
+        assert server.connections == set()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.address[1]), timeout=2).close()
+    finally:
+        client.close()
+        if stopper is None or not stopper.dead:
+            server.shutdown(timeout=1)
+
+
+def test_http_routes_and_websocket_share_one_port(serve: Serve) -> None:
+    address = serve(closing_app)
+    with urllib.request.urlopen(f"http://{address}/", timeout=WAIT) as response:
+        assert response.status == 200
+        assert response.read() == b"ok"
+    ws = websocket.create_connection(f"ws://{address}/ws?name=shared", timeout=WAIT)
+    try:
+        assert ws.recv() == "welcome"
+        ws.send("ping")
+        assert ws.recv() == "ping"
+        # A plain GET on the WebSocket path, on the same port, is told to upgrade.
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://{address}/ws", timeout=WAIT)
+        assert info.value.code == 426
+        # The HTTP route still answers while the WebSocket is open.
+        with urllib.request.urlopen(f"http://{address}/", timeout=WAIT) as response:
+            assert response.read() == b"ok"
+        ws.send("still open")
+        assert ws.recv() == "still open"
+    finally:
+        ws.close()
+
+
+def test_shutdown_twice_is_harmless() -> None:
+    server = Server(("127.0.0.1", 0), closing_app, log=None)
+    server.start()
+    server.shutdown(timeout=1)
+    server.shutdown(timeout=1)
+    assert server.closed
+    assert server.connections == set()
+
+
+def test_idle_keep_alive_http_connection_does_not_hold_the_shutdown() -> None:
+    # A browser that loaded a page keeps its HTTP/1.1 connection open, idle. Shutdown
+    # waits (bounded) for closing handshakes and close handlers, not for that client's
+    # next request: with no WebSocket open, the process should exit at once.
+    graceful_timeout = 10.0
+    with closing_server("--graceful-timeout", str(graceful_timeout)) as server:
+        host, port = server.wait_serving()
+        browser = socket.create_connection((host, port), timeout=WAIT)
+        try:
+            browser.sendall(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            response = b""
+            with gevent.Timeout(WAIT):
+                while not response.endswith(b"\r\n\r\nok"):
+                    chunk = browser.recv(4096)
+                    assert chunk, response
+                    response += chunk
+            assert response.startswith(b"HTTP/1.1 200 ")
+            server.proc.send_signal(signal.SIGTERM)
+            server.stderr.wait_for(SHUTTING_DOWN, WAIT)
+            # Not the full graceful timeout: 3 s leaves ample room for a prompt exit.
+            try:
+                exit_code = server.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                pytest.fail(
+                    "still running 3 s after SIGTERM with no WebSocket open: the idle "
+                    f"keep-alive HTTP connection holds the shutdown until --graceful-timeout "
+                    f"({graceful_timeout} s)"
+                )
+            assert exit_code == 0
+        finally:
+            browser.close()
