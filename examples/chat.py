@@ -1,0 +1,105 @@
+"""A chat room: a page served by the app, a WebSocket mounted by a Blueprint.
+
+    python examples/chat.py [--port 8000]      then open http://127.0.0.1:8000/
+    geo-ws run examples.chat:app
+
+Every message is broadcast to every chat client as ``{"from": NAME, "text": MSG}``;
+joins and leaves as ``{"event": "join" | "leave", "name": NAME}``.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+from flask import Blueprint, Flask  # noqa: E402
+
+from geo_ws import WebSocket, run  # noqa: E402
+
+chat = Blueprint("chat", __name__, url_prefix="/chat")
+room = WebSocket(chat, "/ws")
+
+
+def name_of(ws):
+    return ws.query_params.get("name") or "anonymous"
+
+
+@room.on("connect")
+def join(ws):
+    ws.sync_broadcast(json.dumps({"event": "join", "name": name_of(ws)}))
+
+
+@room.on("message")
+def say(ws, msg):
+    ws.sync_broadcast(json.dumps({"from": name_of(ws), "text": msg}))
+
+
+@room.on("close")
+def leave(ws):
+    ws.sync_broadcast(json.dumps({"event": "leave", "name": name_of(ws)}))
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>geo_ws chat</title>
+<style>
+ body { font: 15px system-ui, sans-serif; max-width: 40em; margin: 2em auto; }
+ #log { border: 1px solid #ccc; height: 20em; overflow-y: auto; padding: .5em; }
+ .event { color: #777; font-style: italic; }
+</style></head>
+<body>
+<h1>geo_ws chat</h1>
+<p>Name <input id="name" value="guest"> <button id="join">Join</button>
+   <span id="status">offline</span></p>
+<div id="log"></div>
+<form id="form"><input id="text" size="50" autocomplete="off"> <button>Send</button></form>
+<script>
+let socket = null;
+const log = document.getElementById("log");
+function show(text, cls) {
+  const line = document.createElement("div");
+  line.textContent = text;
+  if (cls) line.className = cls;
+  log.appendChild(line);
+  log.scrollTop = log.scrollHeight;
+}
+function connect() {
+  const name = document.getElementById("name").value;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/chat/ws?name=${encodeURIComponent(name)}`);
+  socket.onopen = () => { document.getElementById("status").textContent = "online"; };
+  socket.onclose = (e) => {
+    document.getElementById("status").textContent = `offline (${e.code})`;
+    setTimeout(connect, 1000);  // reconnect after a restart
+  };
+  socket.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.event) show(`${m.name} ${m.event === "join" ? "joined" : "left"}`, "event");
+    else show(`${m.from}: ${m.text}`);
+  };
+}
+document.getElementById("join").onclick = () => { if (!socket) connect(); };
+document.getElementById("form").onsubmit = (e) => {
+  e.preventDefault();
+  const text = document.getElementById("text");
+  if (socket && socket.readyState === WebSocket.OPEN && text.value) socket.send(text.value);
+  text.value = "";
+};
+</script>
+</body></html>
+"""
+
+app = Flask(__name__)
+app.register_blueprint(chat)
+
+
+@app.get("/")
+def page():
+    return PAGE
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000)
+    run(app, port=parser.parse_args().port)
