@@ -23,7 +23,7 @@ import gevent
 from gevent import Greenlet
 
 from .exceptions import ConnectionClosed
-from .frames import Opcode, encode_frame
+from .frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
 from .protocol import Close, Event, Failure, Message, Ping, Protocol
 
 __all__ = ["Connection", "Interrupted", "encode_message"]
@@ -245,7 +245,14 @@ class Connection:
 
         The first request wins. If the owner is waiting for data it is interrupted at
         once; if it is busy (running a handler) it closes when that returns.
+
+        Raises:
+            ValueError: ``code`` may not be sent in a Close frame (e.g. 1005, 1006).
         """
+        if code not in EXTERNAL_CLOSE_CODES:
+            raise ValueError(
+                f"close code {code} may not be sent: use 1000-1003, 1007-1014 or 3000-4999"
+            )
         if self.close_request is not None:
             return
         self.close_request = (code, reason, error)

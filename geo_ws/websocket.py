@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, cast
@@ -96,6 +96,9 @@ class WebSocket:
         max_outbox_size: how many bytes may wait for a client that does not read
             before it is closed with 1008.
         close_timeout: how long a closing handshake may take, in seconds.
+        decorators: view decorators applied to the endpoint, innermost first (as in
+            Flask's class-based views); they run before the handshake and may refuse it
+            by returning or raising an HTTP error.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class WebSocket:
         max_message_size: int | None = 2**20,
         max_outbox_size: int = 16 * 2**20,
         close_timeout: float = 5.0,
+        decorators: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
     ) -> None:
         self.path = path
         """The URL rule of the endpoint."""
@@ -118,10 +122,13 @@ class WebSocket:
         self._handlers: dict[str, _Handler] = {}
         self._global_injections: dict[str, Any] = {}
         self._apps: list[Flask] = []
+        view: Callable[..., Any] = self._view
+        for decorator in decorators:
+            view = decorator(view)
         app.add_url_rule(
             path,
             endpoint or "geo_ws:" + path.replace(".", "_"),
-            view_func=self._view,
+            view_func=view,
             methods=["GET"],
             websocket=True,
         )
@@ -231,8 +238,8 @@ class WebSocket:
         connection = registry.get(connection_id)
         if connection is None:
             return False
-        registry.remove(connection_id)
         connection.request_close(code, reason)
+        registry.remove(connection_id)
         return True
 
     def connection_ids(self) -> list[str]:
@@ -355,8 +362,8 @@ class WebSocketConnector:
         From one of this client's own handlers the Close goes out when the handler
         returns, after its return value; from anywhere else, at once.
         """
-        self._registry.remove(self.id)
         self._connection.request_close(code, reason)
+        self._registry.remove(self.id)
 
     # -- the connection's life ---------------------------------------------------------
 

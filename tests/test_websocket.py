@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -729,3 +730,41 @@ def test_a_client_that_stops_reading_is_closed_with_1008_and_blocks_nobody(
     assert "outbox" in caplog.text
     fast.send("alive")
     assert fast.recv() == "alive"
+
+
+def test_view_decorators_run_before_the_handshake(app: Flask, serve) -> None:
+    def require_token(view):
+        @functools.wraps(view)
+        def wrapper(**kwargs):
+            if request.headers.get("X-Token") != "secret":
+                abort(403)
+            return view(**kwargs)
+
+        return wrapper
+
+    websocket = WebSocket(app, "/ws", decorators=[require_token])
+    websocket.on("connect")(lambda: "in")
+    address = serve(app)
+    assert RawClient(address, "/ws").status == 403
+    assert RawClient(address, "/ws", {"X-Token": "secret"}).recv() == "in"
+
+
+@pytest.mark.parametrize("code", [999, 1005, 1006, 1015, 2999, 5000])
+def test_close_refuses_codes_that_may_not_be_sent(app: Flask, serve, code: int) -> None:
+    websocket = WebSocket(app, "/ws")
+    errors: list[str] = []
+
+    @websocket.on("message")
+    def message(ws):
+        try:
+            ws.close(code)
+        except ValueError as error:
+            errors.append(str(error))
+        return "still open"
+
+    client = connect(serve(app), "/ws")
+    client.send("x")
+    assert client.recv() == "still open"
+    assert errors and str(code) in errors[0]
+    client.send("x")
+    assert client.recv() == "still open"  # neither closed nor unregistered
