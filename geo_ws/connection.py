@@ -26,7 +26,7 @@ from .exceptions import ConnectionClosed
 from .frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
 from .protocol import Close, Event, Failure, Message, Ping, Protocol
 
-__all__ = ["Connection", "Interrupted", "encode_message"]
+__all__ = ["Connection", "Interrupted", "Outgoing"]
 
 logger = logging.getLogger("geo_ws")
 
@@ -36,17 +36,40 @@ READ_SIZE = 65536
 BATCH_SIZE = 65536
 
 
-def encode_message(data: str | bytes | bytearray | memoryview) -> bytes:
-    """Encode one message as a frame: ``str`` as text, anything bytes-like as binary.
+class Outgoing:
+    """One message on its way to one or many connections, encoded once.
+
+    A broadcast builds one and hands it to every connection: the frame bytes are
+    built on first use and shared.
+
+    Args:
+        data: ``str`` for a text message, anything bytes-like for a binary one.
 
     Raises:
-        TypeError: for any other type.
+        TypeError: ``data`` is of another type.
     """
-    if isinstance(data, str):
-        return encode_frame(Opcode.TEXT, data.encode())
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return encode_frame(Opcode.BINARY, data)
-    raise TypeError(f"can only send str (text) or bytes-like (binary), not {type(data).__name__}")
+
+    __slots__ = ("_frame", "opcode", "payload")
+
+    def __init__(self, data: str | bytes | bytearray | memoryview) -> None:
+        if isinstance(data, str):
+            self.opcode = Opcode.TEXT
+            self.payload: bytes | bytearray | memoryview = data.encode()
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            self.opcode = Opcode.BINARY
+            self.payload = data
+        else:
+            raise TypeError(
+                f"can only send str (text) or bytes-like (binary), not {type(data).__name__}"
+            )
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        """The whole frame, uncompressed and unmasked (a server's)."""
+        if self._frame is None:
+            self._frame = encode_frame(self.opcode, self.payload)
+        return self._frame
 
 
 class Interrupted(Exception):
@@ -113,16 +136,17 @@ class Connection:
         Raises:
             TypeError: ``data`` is neither ``str`` nor bytes-like.
         """
-        return self.send_frame(encode_message(data))
+        return self.send_outgoing(Outgoing(data))
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Send bytes that already form whole frames (a broadcast encodes them once).
+    def send_outgoing(self, message: Outgoing) -> bool:
+        """Send a message prepared once for many connections (see :class:`Outgoing`).
 
         Returns:
             ``False`` when the connection can no longer carry it (then nothing is sent).
         """
         if not self.can_send:
             return False
+        frame = message.frame
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
             self._overflow()
             return False

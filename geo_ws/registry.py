@@ -8,7 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
-from .connection import Connection, encode_message
+from .connection import Connection, Outgoing
 
 __all__ = ["Registry", "new_id"]
 
@@ -70,10 +70,12 @@ class Registry:
         return connection.send(data)
 
     def broadcast(self, data: str | bytes | bytearray | memoryview) -> int:
-        """Send one message to every connection; the frame is encoded once.
+        """Send one message to every connection; its frame is encoded once.
 
         Returns:
             How many connections took it.
         """
-        frame = encode_message(data)
-        return sum(connection.send_frame(frame) for connection in list(self._connections.values()))
+        message = Outgoing(data)
+        return sum(
+            connection.send_outgoing(message) for connection in list(self._connections.values())
+        )

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
-from geo_ws.connection import Connection, Interrupted, encode_message
+from geo_ws.connection import Connection, Interrupted, Outgoing
 from geo_ws.exceptions import ConnectionClosed
 from geo_ws.frames import Opcode, encode_close, encode_frame
 from geo_ws.protocol import Close, Event, Message, Pong, Protocol
@@ -58,7 +58,7 @@ def test_a_send_lands_in_the_kernel_buffer_at_once(pair: tuple[Connection, Peer]
     connection, peer = pair
     assert connection.send("hello")
     # No greenlet switch happened: the frame is already readable on the other end.
-    assert peer.sock.recv(100, socket.MSG_DONTWAIT) == encode_message("hello")
+    assert peer.sock.recv(100, socket.MSG_DONTWAIT) == Outgoing("hello").frame
 
 
 def test_what_the_kernel_cannot_take_waits_in_order(pair: tuple[Connection, Peer]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from geo_ws.connection import Connection, encode_message
+from geo_ws.connection import Connection, Outgoing
 from geo_ws.registry import Registry, new_id
 
 
@@ -34,8 +34,8 @@ class Recorder:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
 
-    def send_frame(self, frame: bytes) -> bool:
-        self.frames.append(frame)
+    def send_outgoing(self, message: Outgoing) -> bool:
+        self.frames.append(message.frame)
         return True
 
 
@@ -46,7 +46,7 @@ def test_broadcast_encodes_once_and_reaches_everyone() -> None:
         registry.add(f"n.{number}", recorder)  # type: ignore[arg-type]
     assert registry.broadcast("hi") == 3
     frames = [recorder.frames[0] for recorder in recorders]
-    assert frames[0] == encode_message("hi")
+    assert frames[0] == Outgoing("hi").frame
     assert all(frame is frames[0] for frame in frames)  # one object shared by all
 
 
@@ -57,7 +57,7 @@ def test_send_to_and_remove() -> None:
     registry.add("n.1", connection)
     assert "n.1" in registry and len(registry) == 1 and list(registry) == ["n.1"]
     assert registry.send_to("n.1", b"data")
-    assert client.recv(100) == encode_message(b"data")
+    assert client.recv(100) == Outgoing(b"data").frame
     assert registry.remove("n.1") and not registry.remove("n.1")
     assert not registry.send_to("n.1", "gone")  # a missing id is a no-op
     assert registry.get("n.1") is None
