@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it: the README's test command
+# and what CI runs. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests start themselves (none yet).
+APT_PACKAGES=()
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python -m pip install -q -e '.[test]'
+python -m pytest "$@"
