@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# RFC 6455 conformance: run the Autobahn|Testsuite fuzzing client (../shared/autobahn)
+# against geo_ws's echo endpoint (scripts/bench_target.py) and fail on any FAILED or
+# NON-STRICT verdict, any unclean closing behaviour, or any case that did not run.
+#
+#   bash scripts/conformance.sh [CASES] [OUTDIR]
+#
+# CASES is a JSON list of case patterns (default: all of 1.* to 10.*); OUTDIR keeps
+# the reports (default: a temp dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+AUTOBAHN="${AUTOBAHN:-../shared/autobahn}"
+CASES="${1:-[\"1.*\",\"2.*\",\"3.*\",\"4.*\",\"5.*\",\"6.*\",\"7.*\",\"8.*\",\"9.*\",\"10.*\"]}"
+OUTDIR="${2:-$(mktemp -d /tmp/geo_ws-autobahn.XXXXXX)}"
+PORT="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+
+PORT="$PORT" python scripts/bench_target.py >"$OUTDIR/server.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    python -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.1)" 2>/dev/null && break
+    sleep 0.1
+done
+
+bash "$AUTOBAHN/run.sh" "ws://127.0.0.1:$PORT/echo" geo_ws "$OUTDIR" "$CASES" | tail -n 25
+python - "$OUTDIR/summary.json" <<'PYTHON'
+import json
+import sys
+
+summary = json.load(open(sys.argv[1]))
+counts, closes = summary["counts"], summary["closeCounts"]
+bad_closes = {verdict: n for verdict, n in closes.items() if verdict not in ("OK", "INFORMATIONAL") and n}
+problems = [
+    f"{counts['FAILED']} FAILED" if counts["FAILED"] else "",
+    f"{counts['NON-STRICT']} NON-STRICT" if counts["NON-STRICT"] else "",
+    f"closing behaviour {bad_closes}" if bad_closes else "",
+    f"{len(summary['missing'])} cases did not run" if summary["missing"] else "",
+]
+problems = [problem for problem in problems if problem]
+print(summary["summary"])
+if problems:
+    sys.exit("conformance: " + "; ".join(problems))
+PYTHON
