@@ -53,8 +53,20 @@ def main(argv: list[str] | None = None) -> None:
         default=10.0,
         help="seconds that closing handshakes may take at shutdown (10)",
     )
+    serve.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client may take to send a request's headers (10)",
+    )
     args = parser.parse_args(argv)
-    run(load_app(args.app), args.host, args.port, graceful_timeout=args.graceful_timeout)
+    run(
+        load_app(args.app),
+        args.host,
+        args.port,
+        graceful_timeout=args.graceful_timeout,
+        handshake_timeout=args.handshake_timeout,
+    )
 
 
 if __name__ == "__main__":

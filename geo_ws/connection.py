@@ -24,7 +24,7 @@ from gevent import Greenlet
 
 from .exceptions import ConnectionClosed
 from .frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
-from .protocol import Close, Event, Failure, Message, Ping, Protocol
+from .protocol import Close, Event, Failure, Message, Ping, Pong, Protocol
 
 __all__ = ["Connection", "Interrupted", "Outgoing"]
 
@@ -90,6 +90,9 @@ class Connection:
             closed with 1008.
         close_timeout: how long the closing handshake and the last flush may take,
             in seconds, before the TCP connection is dropped.
+        ping_interval: seconds between keepalive pings; ``None`` sends none.
+        ping_timeout: seconds the peer has to answer a ping before the connection is
+            closed with 1011 "keepalive ping timeout".
     """
 
     def __init__(
@@ -100,6 +103,8 @@ class Connection:
         max_message_size: int | None = 2**20,
         max_outbox_size: int = 16 * 2**20,
         close_timeout: float = 5.0,
+        ping_interval: float | None = None,
+        ping_timeout: float = 20.0,
     ) -> None:
         self.sock = sock
         self._recv = recv or sock.recv
@@ -119,6 +124,16 @@ class Connection:
         self._tcp_closed = False
         self.close_request: tuple[int, str, bool] | None = None
         """``(code, reason, error)`` once a local close was requested, else ``None``."""
+        self.latency: float | None = None
+        """The last keepalive ping's round trip, in seconds."""
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        # One loop timer, no greenlet: it alternates between waiting ping_interval to
+        # send a ping and ping_timeout for its pong.
+        self._timer: Any = None
+        self._ping: tuple[bytes, float] | None = None  # payload and time of the ping in flight
+        if ping_interval is not None:
+            self._arm(ping_interval)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -239,6 +254,8 @@ class Connection:
                     return event.data
                 if type(event) is Ping:
                     self._write(encode_frame(Opcode.PONG, event.payload))
+                elif type(event) is Pong:
+                    self._pong(event.payload)
                 elif type(event) is Close:
                     raise ConnectionClosed.for_code(event.code, event.reason)
                 elif type(event) is Failure:
@@ -261,6 +278,46 @@ class Connection:
             self._connection_lost()
             return self.protocol.receive_eof()
         return self.protocol.receive_data(data)
+
+    # -- keepalive ---------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        loop = gevent.get_hub().loop
+        self._timer = loop.timer(seconds)
+        self._timer.start(self._keepalive)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+    def _keepalive(self) -> None:
+        """Timer callback, in the hub: send a ping, or give up on the one in flight."""
+        self._timer = None
+        if not self.can_send or self.close_request is not None:
+            return
+        if self._ping is None:
+            payload = os.urandom(4)
+            self._ping = (payload, gevent.get_hub().loop.now())
+            self._write(encode_frame(Opcode.PING, payload))
+            self._arm(self.ping_timeout)
+        elif self._reading is None:
+            # The owner is busy in a handler and cannot read the pong: check again later
+            # rather than blame the client for a slow handler.
+            self._arm(self.ping_timeout)
+        else:
+            logger.info("closing a client that did not answer a ping within %ss", self.ping_timeout)
+            self.request_close(1011, "keepalive ping timeout", error=True)
+
+    def _pong(self, payload: bytes) -> None:
+        """A pong came: if it answers our ping, note the round trip and rearm."""
+        if self._ping is None or payload != self._ping[0]:
+            return  # unsolicited, or an answer to a ping we gave up on
+        self.latency = gevent.get_hub().loop.now() - self._ping[1]
+        self._ping = None
+        self._disarm()
+        if self.ping_interval is not None:
+            self._arm(self.ping_interval)
 
     # -- closing -----------------------------------------------------------------------
 
@@ -324,6 +381,7 @@ class Connection:
         if self._tcp_closed:
             return
         self._tcp_closed = True
+        self._disarm()
         writer = self._writer
         if writer is not None and not self._lost:
             writer.join(deadline.remaining())
@@ -348,6 +406,7 @@ class Connection:
     def abort(self) -> None:
         """Close the socket now, without any handshake."""
         self._tcp_closed = True
+        self._disarm()
         if self._writer is not None:
             self._writer.kill(block=False)
         self._connection_lost()

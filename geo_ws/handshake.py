@@ -11,12 +11,20 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from .exceptions import HandshakeError
 
-__all__ = ["GUID", "accept_key", "check_request", "is_upgrade_request", "response_101"]
+__all__ = [
+    "GUID",
+    "accept_key",
+    "check_origin",
+    "check_request",
+    "is_upgrade_request",
+    "response_101",
+    "select_subprotocol",
+]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 """The magic string of RFC 6455 section 1.3, hashed with the client's key."""
@@ -77,6 +85,35 @@ def check_request(environ: Mapping[str, Any]) -> str:
     if len(raw) != 16:
         raise HandshakeError(400, "invalid Sec-WebSocket-Key header: not 16 bytes in base64")
     return key
+
+
+def check_origin(environ: Mapping[str, Any], allowed: Collection[str | None]) -> None:
+    """Refuse a handshake whose ``Origin`` is not one of ``allowed``.
+
+    Browsers always send ``Origin``; other clients usually do not, so a request
+    without one is accepted only when ``None`` is in ``allowed``.
+
+    Raises:
+        HandshakeError: 403 naming the refused origin.
+    """
+    origin = environ.get("HTTP_ORIGIN")
+    if origin not in allowed:
+        raise HandshakeError(
+            403, f"origin {origin!r} is not allowed" if origin else "missing Origin header"
+        )
+
+
+def select_subprotocol(environ: Mapping[str, Any], supported: Sequence[str]) -> str | None:
+    """Pick the subprotocol to speak: the first of ``supported`` the client offers.
+
+    Returns:
+        The chosen subprotocol, or ``None`` when the client offers none of them (the
+        handshake then goes on without one, as RFC 6455 section 4.2.2 allows).
+    """
+    offered = {
+        token.strip() for token in str(environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")).split(",")
+    }
+    return next((name for name in supported if name in offered), None)
 
 
 def response_101(key: str, headers: list[tuple[str, str]] | None = None) -> bytes:

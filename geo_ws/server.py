@@ -21,6 +21,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .connection import Connection
+from .exceptions import HandshakeError
 from .wsgi import TAKE_SOCKET
 
 __all__ = ["Server", "run"]
@@ -38,20 +39,93 @@ Start your script with these two lines, before any other import:
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+#: The request line and headers of a request may take at most this many bytes (431 beyond).
+MAX_HEAD_SIZE = 16 * 1024
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 38\r\n\r\n"
+    b"request headers are larger than 16 KiB\n"
+)
+
+
+class _HeadTooLarge(Exception):
+    """The request's headers exceed :data:`MAX_HEAD_SIZE`."""
+
+
+class _SlowHead(BaseException):
+    """The request's head did not arrive within ``handshake_timeout``.
+
+    A BaseException, so that gevent's request parsing, which turns exceptions into
+    400 responses, lets it through to :meth:`Handler.handle_one_request`.
+    """
+
+
+class _LimitedReader:
+    """Lets the header parser read at most ``limit`` bytes from the buffered reader."""
+
+    def __init__(self, rfile: Any, limit: int) -> None:
+        self._rfile = rfile
+        self._left = limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line: bytes = self._rfile.readline(
+            self._left + 1 if size < 0 else min(size, self._left + 1)
+        )
+        self._left -= len(line)
+        if self._left < 0:
+            raise _HeadTooLarge
+        return line
+
 
 class Handler(WSGIHandler):
-    """gevent's WSGI handler, able to hand its socket over to a WebSocket."""
+    """gevent's WSGI handler, able to hand its socket over to a WebSocket.
+
+    It also bounds what a request head may cost: ``handshake_timeout`` seconds
+    (slowloris) and :data:`MAX_HEAD_SIZE` bytes (431).
+    """
 
     _upgraded = False
+    _head_timer: gevent.Timeout | None = None
+
+    def handle_one_request(self) -> Any:
+        server = cast(Server, self.server)
+        self._head_timer = gevent.Timeout.start_new(server.handshake_timeout, _SlowHead)
+        try:
+            return super().handle_one_request()
+        except _SlowHead:
+            self.close_connection = True
+            return None
+        finally:
+            self._head_timer.close()
+
+    def read_request(self, raw_requestline: str) -> Any:
+        rfile = self.rfile
+        # The header parser reads through self.rfile: let it see a bounded view.
+        self.rfile = _LimitedReader(rfile, MAX_HEAD_SIZE - len(raw_requestline))  # type: ignore[assignment]
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self.rfile = rfile
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        if isinstance(ex, _HeadTooLarge):
+            self.close_connection = True
+            return ("431", _HEAD_TOO_LARGE)
+        # gevent's hook for bad requests, not in its type stubs.
+        return super()._handle_client_error(ex)  # type: ignore[misc]
 
     def get_environ(self) -> dict[str, Any]:
+        if self._head_timer is not None:
+            self._head_timer.close()  # the head is in: the app may take its time
         environ: dict[str, Any] = super().get_environ()
         environ[TAKE_SOCKET] = self._take_socket
         return environ
 
     def _take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], set[Connection]]:
-        self._upgraded = True
         server = cast(Server, self.server)
+        if server.stopping:
+            raise HandshakeError(503, "the server is shutting down")
+        self._upgraded = True
         # read1 first returns what the request parser buffered past the head.
         return self.socket, self.rfile.read1, server.connections
 
@@ -91,14 +165,20 @@ class Server(WSGIServer):
     Args:
         listener: an ``(host, port)`` address (port 0 picks a free one) or a socket.
         application: the WSGI app, usually a Flask app.
+        handshake_timeout: how long a client may take to send a request's line and
+            headers, in seconds, before its connection is closed (slowloris); it also
+            bounds how long a kept-alive HTTP connection may wait idle.
         **kwargs: passed to :class:`gevent.pywsgi.WSGIServer`.
     """
 
-    def __init__(self, listener: Any, application: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, listener: Any, application: Any, *, handshake_timeout: float = 10.0, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("handler_class", Handler)
         # A pool, unlike the default spawner, lets stop() wait for the handlers.
         kwargs.setdefault("spawn", Pool())
         super().__init__(listener, application, **kwargs)
+        self.handshake_timeout = handshake_timeout
         self.connections: set[Connection] = set()
         """The open WebSocket connections."""
         self.idle: set[Handler] = set()
@@ -131,6 +211,7 @@ def run(
     port: int = 8000,
     *,
     graceful_timeout: float = 10.0,
+    handshake_timeout: float = 10.0,
     ready: Callable[[Server], None] | None = None,
 ) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then shut down cleanly.
@@ -140,6 +221,8 @@ def run(
         host: the address to listen on.
         port: the port to listen on (0 picks a free one).
         graceful_timeout: how long closing handshakes may take at shutdown, in seconds.
+        handshake_timeout: how long a client may take to send a request's head (see
+            :class:`Server`).
         ready: called with the server once it listens.
 
     When nothing has configured :mod:`logging` yet, it logs to stderr at INFO level.
@@ -152,7 +235,7 @@ def run(
     if not logging.getLogger().handlers:
         # Nothing configured logging: show the address and errors on stderr.
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    server = Server((host, port), app)
+    server = Server((host, port), app, handshake_timeout=handshake_timeout)
     stop = Event()
     handlers = [
         gevent.signal_handler(signum, stop.set) for signum in (signal.SIGTERM, signal.SIGINT)

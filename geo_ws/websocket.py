@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, cast
@@ -23,7 +23,13 @@ from werkzeug.routing import WebsocketMismatch
 from .concurrency import run_coroutine
 from .connection import Connection, Interrupted
 from .exceptions import ConnectionClosed, HandshakeError
-from .handshake import check_request, is_upgrade_request, response_101
+from .handshake import (
+    check_origin,
+    check_request,
+    is_upgrade_request,
+    response_101,
+    select_subprotocol,
+)
 from .params import QueryParams
 from .registry import Registry, new_id
 from .wsgi import Transport, take_over
@@ -95,7 +101,17 @@ class WebSocket:
             the connection with 1009. ``None`` accepts any size.
         max_outbox_size: how many bytes may wait for a client that does not read
             before it is closed with 1008.
-        close_timeout: how long a closing handshake may take, in seconds.
+        close_timeout: how long a closing handshake may take, in seconds; a client
+            that does not answer our Close by then is dropped.
+        ping_interval: seconds between keepalive pings (``None``: no pings). The
+            default keeps connections open through proxies that drop idle ones after 60 s.
+        ping_timeout: seconds a client has to answer a ping before it is closed with
+            1011 "keepalive ping timeout".
+        allowed_origins: if given, handshakes whose ``Origin`` is not listed get 403
+            (include ``None`` to accept clients that send no ``Origin``).
+        subprotocols: the subprotocols this endpoint speaks, by preference; the first
+            one the client offers is chosen and lands in ``ws.subprotocol``.
+        max_connections: beyond this many open connections, handshakes get 503.
         decorators: view decorators applied to the endpoint, innermost first (as in
             Flask's class-based views); they run before the handshake and may refuse it
             by returning or raising an HTTP error.
@@ -110,6 +126,11 @@ class WebSocket:
         max_message_size: int | None = 2**20,
         max_outbox_size: int = 16 * 2**20,
         close_timeout: float = 5.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        allowed_origins: Collection[str | None] | None = None,
+        subprotocols: Sequence[str] = (),
+        max_connections: int | None = None,
         decorators: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
     ) -> None:
         self.path = path
@@ -117,6 +138,11 @@ class WebSocket:
         self.max_message_size = max_message_size
         self.max_outbox_size = max_outbox_size
         self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.allowed_origins = allowed_origins
+        self.subprotocols = subprotocols
+        self.max_connections = max_connections
         self.router_dependencies: dict[str, Any] = {}
         """What :meth:`inject` fed; handlers get it as ``router_dependencies``."""
         self._handlers: dict[str, _Handler] = {}
@@ -253,9 +279,16 @@ class WebSocket:
         environ = request.environ
         try:
             key = check_request(environ)
+            if self.allowed_origins is not None:
+                check_origin(environ, self.allowed_origins)
+            if self.max_connections is not None and len(self._registry()) >= self.max_connections:
+                raise HandshakeError(
+                    503, f"this endpoint is at its limit of {self.max_connections}"
+                )
+            subprotocol = select_subprotocol(environ, self.subprotocols)
+            transport = take_over(environ)
         except HandshakeError as error:
             return Response(error.reason + "\n", error.status, error.headers, mimetype="text/plain")
-        transport = take_over(environ)
         if transport is None:
             logger.error("%s: this WSGI server cannot hand a socket over", request.path)
             return Response(
@@ -270,10 +303,14 @@ class WebSocket:
             max_message_size=self.max_message_size,
             max_outbox_size=self.max_outbox_size,
             close_timeout=self.close_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
         )
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         connector = WebSocketConnector(self, _app_state(app), connection, path_params)
-        transport.sock.sendall(response_101(key))
+        connector.subprotocol = subprotocol
+        headers = [("Sec-WebSocket-Protocol", subprotocol)] if subprotocol else []
+        transport.sock.sendall(response_101(key, headers))
         if transport.connections is not None:
             transport.connections.add(connection)
         try:
@@ -317,11 +354,18 @@ class WebSocketConnector:
         """The handshake's request headers."""
         self.remote_addr: str | None = request.remote_addr
         """The client's address."""
+        self.subprotocol: str | None = None
+        """The subprotocol chosen in the handshake, if any."""
         self._query_string = request.query_string
         self._endpoint = endpoint
         self._state = state
         self._registry = state.registries[endpoint]
         self._connection = connection
+
+    @property
+    def latency(self) -> float | None:
+        """The last keepalive ping's round trip, in seconds (``None`` before the first)."""
+        return self._connection.latency
 
     @cached_property
     def query_params(self) -> QueryParams:

@@ -75,6 +75,7 @@ class RawClient:
             head += chunk
         head, _, rest = head.partition(b"\r\n\r\n")
         self.status = int(head.split(b" ", 2)[1]) if head else 0
+        self.response_head = head.decode("latin-1")
         self.protocol = Protocol(client=True, max_message_size=None)
         self._events: list[Event] = list(self.protocol.receive_data(rest)) if rest else []
 

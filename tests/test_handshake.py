@@ -69,3 +69,24 @@ def test_the_101_response() -> None:
     assert "Upgrade: websocket" in lines and "Connection: Upgrade" in lines
     assert f"Sec-WebSocket-Accept: {accept_key(KEY)}" in lines
     assert "Sec-WebSocket-Protocol: chat" in lines
+
+
+def test_check_origin() -> None:
+    from geo_ws.handshake import check_origin
+
+    check_origin(environ(HTTP_ORIGIN="https://a.example"), ["https://a.example"])
+    check_origin(environ(), ["https://a.example", None])
+    for env in (environ(HTTP_ORIGIN="https://b.example"), environ()):
+        with pytest.raises(HandshakeError) as error:
+            check_origin(env, ["https://a.example"])
+        assert error.value.status == 403
+
+
+def test_select_subprotocol_prefers_the_server_order() -> None:
+    from geo_ws.handshake import select_subprotocol
+
+    offered = environ(HTTP_SEC_WEBSOCKET_PROTOCOL="mqtt, v1.chat ,v2.chat")
+    assert select_subprotocol(offered, ["v2.chat", "v1.chat"]) == "v2.chat"
+    assert select_subprotocol(offered, ["graphql-ws"]) is None
+    assert select_subprotocol(environ(), ["v2.chat"]) is None
+    assert select_subprotocol(offered, []) is None

@@ -191,3 +191,28 @@ def test_idle_keep_alive_http_connection_does_not_hold_the_shutdown() -> None:
             assert exit_code == 0
         finally:
             browser.close()
+
+
+def test_a_slow_request_head_is_cut_off_and_others_are_served() -> None:
+    server = Server(("127.0.0.1", 0), closing_app, handshake_timeout=0.3, log=None)
+    server.start()
+    try:
+        address = f"127.0.0.1:{server.address[1]}"
+        slow = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+        slow.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
+        normal = RawClient(address, "/ws")
+        assert normal.recv() == "welcome"
+        with gevent.Timeout(WAIT):
+            assert slow.recv(100) == b""  # closed by the server, no response
+        normal.send_text("still here")
+        assert normal.recv() == "still here"
+    finally:
+        server.shutdown(timeout=1)
+
+
+def test_request_headers_over_16_kib_get_431(serve: Serve) -> None:
+    address = serve(closing_app)
+    big = RawClient(address, "/ws", {f"X-Filler-{n}": "x" * 1000 for n in range(17)})
+    assert big.status == 431
+    fits = RawClient(address, "/ws", {f"X-Filler-{n}": "x" * 1000 for n in range(14)})
+    assert fits.status == 101

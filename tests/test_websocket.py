@@ -17,7 +17,7 @@ from gevent.monkey import get_original
 
 from geo_ws import WebSocket, run_blocking
 from geo_ws.frames import Opcode
-from geo_ws.protocol import Message, Pong
+from geo_ws.protocol import Message, Ping, Pong
 
 from .helpers import WAIT, RawClient, connect
 
@@ -768,3 +768,82 @@ def test_close_refuses_codes_that_may_not_be_sent(app: Flask, serve, code: int) 
     assert errors and str(code) in errors[0]
     client.send("x")
     assert client.recv() == "still open"  # neither closed nor unregistered
+
+
+# -- handshake options and keepalive ----------------------------------------------------
+
+
+def test_allowed_origins(app: Flask, serve) -> None:
+    WebSocket(app, "/strict", allowed_origins=["https://good.example"])
+    WebSocket(app, "/lenient", allowed_origins=["https://good.example", None])
+    address = serve(app)
+    assert RawClient(address, "/strict", {"Origin": "https://good.example"}).status == 101
+    assert RawClient(address, "/strict", {"Origin": "https://evil.example"}).status == 403
+    assert RawClient(address, "/strict").status == 403
+    assert RawClient(address, "/lenient").status == 101
+
+
+def test_subprotocols_are_negotiated_by_server_preference(app: Flask, serve) -> None:
+    websocket = WebSocket(app, "/ws", subprotocols=["v2.chat", "v1.chat"])
+    websocket.on("connect")(lambda ws: str(ws.subprotocol))
+    address = serve(app)
+    client = connect(address, "/ws", subprotocols=["v1.chat", "v2.chat"])
+    assert client.recv() == "v2.chat"
+    assert client.getsubprotocol() == "v2.chat"
+    # None offered that the endpoint speaks: the handshake goes on without one.
+    other = RawClient(address, "/ws", {"Sec-WebSocket-Protocol": "other"})
+    assert other.recv() == "None"
+    assert "sec-websocket-protocol" not in other.response_head.lower()
+    assert connect(address, "/ws").recv() == "None"
+
+
+def test_max_connections_answers_503_beyond_the_limit(app: Flask, serve) -> None:
+    websocket = WebSocket(app, "/ws", max_connections=2)
+    websocket.on("connect")(lambda: "in")
+    address = serve(app)
+    first, second = RawClient(address, "/ws"), RawClient(address, "/ws")
+    assert first.recv() == second.recv() == "in"
+    assert RawClient(address, "/ws").status == 503
+    first.send_close(1000)
+    first.recv_close()
+    assert first.at_eof()
+    assert RawClient(address, "/ws").recv() == "in"
+
+
+def test_an_unresponsive_client_is_closed_by_keepalive(app: Flask, serve) -> None:
+    websocket = WebSocket(app, "/ws", ping_interval=0.1, ping_timeout=0.2)
+    closed = Event()
+    websocket.on("close")(lambda: closed.set())
+    client = RawClient(serve(app), "/ws")
+    assert isinstance(client.recv_event(), Ping)  # and never answered
+    close = client.recv_close()
+    assert (close.code, close.reason) == (1011, "keepalive ping timeout")
+    assert closed.wait(WAIT)
+
+
+def test_a_responsive_client_stays_and_latency_is_measured(app: Flask, serve) -> None:
+    websocket = WebSocket(app, "/ws", ping_interval=0.05, ping_timeout=0.2)
+
+    @websocket.on("message")
+    def message(ws, msg):
+        if msg == "busy":
+            time.sleep(0.5)  # longer than ping_timeout: a busy handler is not a dead client
+        return repr(ws.latency)
+
+    client = RawClient(serve(app), "/ws")
+    pongs = 0
+    while pongs < 5:  # answer pings as a client library would
+        event = client.recv_event()
+        assert isinstance(event, Ping)
+        client.send_frame(Opcode.PONG, event.payload)
+        pongs += 1
+    client.send_text("busy")
+    while True:
+        event = client.recv_event()
+        if isinstance(event, Ping):
+            client.send_frame(Opcode.PONG, event.payload)
+            continue
+        assert isinstance(event, Message)
+        break
+    latency = float(event.data)
+    assert 0 <= latency < 0.1
