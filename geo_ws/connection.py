@@ -22,6 +22,7 @@ from typing import Any
 import gevent
 from gevent import Greenlet
 
+from .deflate import PerMessageDeflate
 from .exceptions import ConnectionClosed
 from .frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
 from .protocol import Close, Event, Failure, Message, Ping, Pong, Protocol
@@ -49,7 +50,7 @@ class Outgoing:
         TypeError: ``data`` is of another type.
     """
 
-    __slots__ = ("_frame", "opcode", "payload")
+    __slots__ = ("_deflated", "_frame", "opcode", "payload")
 
     def __init__(self, data: str | bytes | bytearray | memoryview) -> None:
         if isinstance(data, str):
@@ -63,6 +64,7 @@ class Outgoing:
                 f"can only send str (text) or bytes-like (binary), not {type(data).__name__}"
             )
         self._frame: bytes | None = None
+        self._deflated: dict[tuple[int, int], bytes] | None = None
 
     @property
     def frame(self) -> bytes:
@@ -70,6 +72,23 @@ class Outgoing:
         if self._frame is None:
             self._frame = encode_frame(self.opcode, self.payload)
         return self._frame
+
+    def frame_for(self, deflate: PerMessageDeflate | None) -> bytes:
+        """The frame for a connection with this permessage-deflate state (or none)."""
+        if deflate is None or len(self.payload) < deflate.min_size:
+            return self.frame
+        # Without context takeover every connection with the same parameters gets the
+        # same bytes: compress once per key. With it, each connection's own stream.
+        key = deflate.shareable_key
+        cache = self._deflated
+        if key is not None and cache is not None and key in cache:
+            return cache[key]
+        frame = encode_frame(self.opcode, deflate.compress(self.payload), rsv1=True)
+        if key is not None:
+            if cache is None:
+                cache = self._deflated = {}
+            cache[key] = frame
+        return frame
 
 
 class Interrupted(Exception):
@@ -93,6 +112,7 @@ class Connection:
         ping_interval: seconds between keepalive pings; ``None`` sends none.
         ping_timeout: seconds the peer has to answer a ping before the connection is
             closed with 1011 "keepalive ping timeout".
+        deflate: the permessage-deflate state negotiated in the handshake, if any.
     """
 
     def __init__(
@@ -105,13 +125,16 @@ class Connection:
         close_timeout: float = 5.0,
         ping_interval: float | None = None,
         ping_timeout: float = 20.0,
+        deflate: PerMessageDeflate | None = None,
     ) -> None:
         self.sock = sock
         self._recv = recv or sock.recv
         self._fd = sock.fileno()
         # gevent keeps descriptors non-blocking; os.write on one never switches greenlets.
         self._direct = not os.get_blocking(self._fd)
-        self.protocol = Protocol(max_message_size=max_message_size)
+        self.protocol = Protocol(max_message_size=max_message_size, deflate=deflate)
+        self.deflate = deflate
+        """The permessage-deflate state negotiated in the handshake, if any."""
         self.max_outbox_size = max_outbox_size
         self.close_timeout = close_timeout
         self._events: deque[Event] = deque()
@@ -161,7 +184,7 @@ class Connection:
         """
         if not self.can_send:
             return False
-        frame = message.frame
+        frame = message.frame_for(self.deflate)
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
             self._overflow()
             return False

@@ -28,9 +28,11 @@ from __future__ import annotations
 import codecs
 import enum
 import os
+import zlib
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .deflate import PerMessageDeflate
 from .exceptions import InvalidState, InvalidUTF8, PayloadTooBig, ProtocolError
 from .frames import (
     EXTERNAL_CLOSE_CODES,
@@ -181,15 +183,21 @@ class Protocol:
             no limit. A frame header announcing more fails the connection with 1009 at once.
         client: True on the client side: frames received must then be unmasked (servers send
             unmasked frames) and :meth:`send_close` masks its frame.
+        deflate: the permessage-deflate state negotiated for this connection (server side):
+            messages whose first frame has RSV1 set are inflated before UTF-8 validation, and
+            ``max_message_size`` then bounds their inflated size.
     """
 
     __slots__ = (
         "_binary_parts",
         "_client",
+        "_compressed",
         "_decoder",
+        "_deflate",
         "_discard",
         "_eof",
         "_fin",
+        "_inflated",
         "_mask",
         "_mask_bit",
         "_msg_opcode",
@@ -206,16 +214,24 @@ class Protocol:
         "state",
     )
 
-    def __init__(self, *, max_message_size: int | None = 2**20, client: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_size: int | None = 2**20,
+        client: bool = False,
+        deflate: PerMessageDeflate | None = None,
+    ) -> None:
         self.max_message_size = max_message_size
         """Largest message accepted, in bytes; None for no limit."""
-        self.allowed_rsv_bits = 0
+        self.allowed_rsv_bits = 0 if deflate is None else 0x40
         """RSV bits a negotiated extension gives a meaning to, as a mask of the first header byte.
 
-        No extension is negotiated yet, so any reserved bit fails the connection with 1002.
-        permessage-deflate (RFC 7692) will set this to ``0x40`` (RSV1); it must then also inflate
-        compressed messages before UTF-8 validation, which this parser does not do yet.
+        Without an extension any reserved bit fails the connection with 1002; permessage-deflate
+        (RFC 7692) gives RSV1 of a message's first frame the meaning "compressed".
         """
+        self._deflate = deflate
+        self._compressed = False  # whether the message in progress is compressed
+        self._inflated = 0  # bytes it has inflated to so far, for max_message_size
         self.state = OPEN
         """The :class:`State` of the connection."""
         self.close_sent = False
@@ -407,6 +423,9 @@ class Protocol:
                 raise ProtocolError("reserved bits set")
             opcode = first & 0x0F
             fin = first & 0x80
+            rsv1 = first & 0x40  # only ever set here when permessage-deflate allows it
+            if rsv1 and (opcode == _CONT or opcode >= _CLOSE):
+                raise ProtocolError("reserved bit RSV1 set on a continuation or control frame")
             if opcode >= _CLOSE:
                 if opcode > _PONG:
                     raise ProtocolError(f"reserved opcode 0x{opcode:X}")
@@ -476,7 +495,7 @@ class Protocol:
                     return
                 continue
 
-            if fin and opcode and end <= size:
+            if fin and opcode and end <= size and not rsv1:
                 # A whole unfragmented message the fast path did not take (over 125 bytes).
                 data = unmask(view[start:end], mask) if mask else buf[start:end]
                 pos = end
@@ -493,6 +512,8 @@ class Protocol:
             if opcode:
                 self._msg_opcode = opcode
                 self._msg_size = length
+                self._compressed = bool(rsv1)
+                self._inflated = 0
             else:
                 self._msg_size += length
             self._fin = bool(fin)
@@ -530,6 +551,35 @@ class Protocol:
             self._offset += len(chunk)
         else:
             data = chunk
+        if self._compressed:
+            data = self._inflate(data, final=False)
+        self._consume(data)
+
+    def _inflate(self, data: bytes | memoryview, *, final: bool) -> bytes:
+        """Inflate part of a compressed message, or its end (``final``), within the limit."""
+        deflate = self._deflate
+        assert deflate is not None  # _compressed is only set when deflate was negotiated
+        limit = self.max_message_size
+        left = None if limit is None else limit - self._inflated
+        try:
+            out = deflate.end_message(left) if final else deflate.decompress(data, left)
+        except zlib.error:
+            raise ProtocolError("invalid compressed data", 1007) from None
+        except PayloadTooBig:
+            raise PayloadTooBig(
+                f"compressed message inflates beyond the limit of {limit} bytes"
+            ) from None
+        self._inflated += len(out)
+        return out
+
+    def _consume(self, data: bytes | memoryview) -> None:
+        """Validate and store part of the (unmasked, inflated) payload of the current message.
+
+        Raises:
+            InvalidUTF8: if the text received so far cannot be the start of valid UTF-8.
+        """
+        if not data:
+            return
         if self._msg_opcode == _TEXT:
             decoder = self._decoder
             try:
@@ -554,6 +604,9 @@ class Protocol:
             InvalidUTF8: if a text message ends in the middle of a character.
         """
         message: Message
+        if self._compressed:
+            self._consume(self._inflate(b"", final=True))
+            self._compressed = False
         if self._msg_opcode == _TEXT:
             try:
                 tail = self._decoder.decode(b"", True)

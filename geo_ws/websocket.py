@@ -22,6 +22,7 @@ from werkzeug.routing import WebsocketMismatch
 
 from .concurrency import run_coroutine
 from .connection import Connection, Interrupted
+from .deflate import DeflateOptions, negotiate
 from .exceptions import ConnectionClosed, HandshakeError
 from .handshake import (
     check_origin,
@@ -112,6 +113,10 @@ class WebSocket:
         subprotocols: the subprotocols this endpoint speaks, by preference; the first
             one the client offers is chosen and lands in ``ws.subprotocol``.
         max_connections: beyond this many open connections, handshakes get 503.
+        compression: ``"deflate"`` (or a :class:`~geo_ws.deflate.DeflateOptions` to tune
+            window bits, memory level, context takeover and the size below which messages
+            go uncompressed) negotiates permessage-deflate with clients that offer it;
+            ``None`` (the default) never compresses.
         decorators: view decorators applied to the endpoint, innermost first (as in
             Flask's class-based views); they run before the handshake and may refuse it
             by returning or raising an HTTP error.
@@ -131,6 +136,7 @@ class WebSocket:
         allowed_origins: Collection[str | None] | None = None,
         subprotocols: Sequence[str] = (),
         max_connections: int | None = None,
+        compression: str | DeflateOptions | None = None,
         decorators: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
     ) -> None:
         self.path = path
@@ -143,6 +149,13 @@ class WebSocket:
         self.allowed_origins = allowed_origins
         self.subprotocols = subprotocols
         self.max_connections = max_connections
+        if compression == "deflate":
+            compression = DeflateOptions()
+        elif compression is not None and not isinstance(compression, DeflateOptions):
+            raise ValueError(
+                f"compression must be 'deflate', DeflateOptions or None, not {compression!r}"
+            )
+        self.compression: DeflateOptions | None = compression
         self.router_dependencies: dict[str, Any] = {}
         """What :meth:`inject` fed; handlers get it as ``router_dependencies``."""
         self._handlers: dict[str, _Handler] = {}
@@ -286,6 +299,10 @@ class WebSocket:
                     503, f"this endpoint is at its limit of {self.max_connections}"
                 )
             subprotocol = select_subprotocol(environ, self.subprotocols)
+            negotiated = None
+            if self.compression is not None:
+                offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
+                negotiated = negotiate(offers, self.compression)
             transport = take_over(environ)
         except HandshakeError as error:
             return Response(error.reason + "\n", error.status, error.headers, mimetype="text/plain")
@@ -305,11 +322,14 @@ class WebSocket:
             close_timeout=self.close_timeout,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
+            deflate=negotiated[1] if negotiated else None,
         )
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         connector = WebSocketConnector(self, _app_state(app), connection, path_params)
         connector.subprotocol = subprotocol
         headers = [("Sec-WebSocket-Protocol", subprotocol)] if subprotocol else []
+        if negotiated:
+            headers.append(("Sec-WebSocket-Extensions", negotiated[0]))
         transport.sock.sendall(response_101(key, headers))
         if transport.connections is not None:
             transport.connections.add(connection)

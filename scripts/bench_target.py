@@ -24,7 +24,13 @@ from geo_ws import WebSocket, run  # noqa: E402
 
 app = Flask(__name__)
 
-echo = WebSocket(app, "/echo", max_message_size=int(os.environ.get("MAX_MESSAGE_SIZE", 2**24)))
+echo = WebSocket(
+    app,
+    "/echo",
+    max_message_size=int(os.environ.get("MAX_MESSAGE_SIZE", 2**24)),
+    # COMPRESSION=deflate negotiates permessage-deflate (Autobahn's 12.* and 13.*).
+    compression=os.environ.get("COMPRESSION") or None,
+)
 
 
 @echo.on("message")

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 AUTOBAHN="${AUTOBAHN:-../shared/autobahn}"
 CASES="${1:-[\"1.*\",\"2.*\",\"3.*\",\"4.*\",\"5.*\",\"6.*\",\"7.*\",\"8.*\",\"9.*\",\"10.*\"]}"
 OUTDIR="${2:-$(mktemp -d /tmp/geo_ws-autobahn.XXXXXX)}"
+mkdir -p "$OUTDIR"
 PORT="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
 PORT="$PORT" python scripts/bench_target.py >"$OUTDIR/server.log" 2>&1 &

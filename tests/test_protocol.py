@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geo_ws.deflate import PerMessageDeflate
 from geo_ws.exceptions import InvalidState, ProtocolError
 from geo_ws.frames import Opcode, encode_close, encode_frame, parse_close
 from geo_ws.protocol import (
@@ -181,13 +183,6 @@ class TestBaseFraming:
         events = receive(text("ok") + with_first_byte(0x82 | rsv, b"x") + text("lost"))
         assert events[:1] == [Message("ok")]
         assert_failure(events, 1002, "reserved bits set")
-
-    def test_reserved_bits_hook_for_extensions(self) -> None:
-        # permessage-deflate will allow RSV1 through this attribute; RSV2/3 still fail.
-        protocol = Protocol()
-        protocol.allowed_rsv_bits = 0x40
-        assert protocol.receive_data(with_first_byte(0xC2, b"x")) == [Message(b"x")]
-        assert_failure(protocol.receive_data(with_first_byte(0xA2, b"x")), 1002)
 
     @pytest.mark.parametrize("opcode", [0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF])
     def test_reserved_opcodes(self, opcode: int) -> None:
@@ -738,3 +733,85 @@ class TestEndOfStream:
         protocol.receive_eof()
         assert protocol.receive_eof() == []
         assert protocol.receive_data(text("late")) == []
+
+
+class TestPerMessageDeflate:
+    """RFC 7692 section 6: receiving compressed messages (RSV1 on the first frame)."""
+
+    @staticmethod
+    def deflate(**overrides: object) -> PerMessageDeflate:
+        options: dict[str, object] = dict(
+            server_window=12,
+            client_window=15,
+            server_no_context_takeover=False,
+            client_no_context_takeover=False,
+            memory_level=5,
+            min_size=0,
+        )
+        options.update(overrides)
+        return PerMessageDeflate(**options)  # type: ignore[arg-type]
+
+    @staticmethod
+    def compressed(data: bytes, compressor: zlib._Compress | None = None) -> bytes:
+        compressor = compressor or zlib.compressobj(6, zlib.DEFLATED, -15)
+        out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        assert out.endswith(b"\x00\x00\xff\xff")
+        return out[:-4]
+
+    def test_a_compressed_text_message(self) -> None:
+        protocol = Protocol(deflate=self.deflate())
+        payload = self.compressed("κόσμε ".encode() * 100)
+        assert protocol.receive_data(with_first_byte(0xC1, payload)) == [Message("κόσμε " * 100)]
+
+    def test_fragments_of_a_compressed_message_split_anywhere(self) -> None:
+        payload = self.compressed(b"abc" * 1000)
+        pieces = [payload[:5], payload[5:40], payload[40:]]
+        wire = with_first_byte(0x42, pieces[0])  # RSV1 + BINARY, not final
+        wire += frame(Opcode.CONT, pieces[1], fin=False) + frame(Opcode.CONT, pieces[2])
+        for cut in range(0, len(wire), 7):
+            protocol = Protocol(deflate=self.deflate())
+            events = protocol.receive_data(wire[:cut]) + protocol.receive_data(wire[cut:])
+            assert events == [Message(b"abc" * 1000)]
+
+    def test_context_takeover_and_uncompressed_messages_in_between(self) -> None:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        wire = with_first_byte(0xC1, self.compressed(b"hello hello", compressor))
+        wire += text("plain")
+        wire += with_first_byte(0xC1, self.compressed(b"hello hello", compressor))
+        events = Protocol(deflate=self.deflate()).receive_data(wire)
+        assert events == [Message("hello hello"), Message("plain"), Message("hello hello")]
+
+    def test_client_no_context_takeover_resets_between_messages(self) -> None:
+        wire = b"".join(with_first_byte(0xC1, self.compressed(b"again")) for _ in range(3))
+        protocol = Protocol(deflate=self.deflate(client_no_context_takeover=True))
+        assert protocol.receive_data(wire) == [Message("again")] * 3
+
+    def test_rsv1_on_a_continuation_or_control_frame_fails(self) -> None:
+        protocol = Protocol(deflate=self.deflate())
+        wire = with_first_byte(0x02, b"a") + with_first_byte(0xC0, b"b")
+        assert_failure(protocol.receive_data(wire), 1002)
+        protocol = Protocol(deflate=self.deflate())
+        assert_failure(protocol.receive_data(with_first_byte(0xC9, b"")), 1002)
+
+    def test_rsv2_and_rsv3_still_fail(self) -> None:
+        protocol = Protocol(deflate=self.deflate())
+        assert_failure(protocol.receive_data(with_first_byte(0xA2, b"x")), 1002)
+
+    def test_a_compression_bomb_is_stopped_at_the_limit(self) -> None:
+        payload = self.compressed(b"\0" * 10_000_000)  # 10 MB from about 10 KB
+        protocol = Protocol(deflate=self.deflate(), max_message_size=2**20)
+        assert_failure(protocol.receive_data(with_first_byte(0xC2, payload)), 1009)
+
+    def test_a_message_inflating_to_exactly_the_limit_passes(self) -> None:
+        payload = self.compressed(b"y" * 1000)
+        protocol = Protocol(deflate=self.deflate(), max_message_size=1000)
+        assert protocol.receive_data(with_first_byte(0xC2, payload)) == [Message(b"y" * 1000)]
+
+    def test_corrupt_compressed_data_fails_with_1007(self) -> None:
+        protocol = Protocol(deflate=self.deflate())
+        assert_failure(protocol.receive_data(with_first_byte(0xC2, b"\xff\xff\xff\xff")), 1007)
+
+    def test_invalid_utf8_inside_compressed_text_fails_with_1007(self) -> None:
+        protocol = Protocol(deflate=self.deflate())
+        payload = self.compressed(b"ok \xff")
+        assert_failure(protocol.receive_data(with_first_byte(0xC1, payload)), 1007)
