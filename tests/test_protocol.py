@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -342,6 +343,67 @@ class TestArbitraryInput:
             assert len(failure.reason.encode()) < 123
         closes = [event for event in events if isinstance(event, Close)]
         assert closes in ([], events[-1:])
+
+
+def websockets_events(raw: bytes, cuts: list[int]) -> list[Event]:
+    """What python-websockets' sans-I/O parser makes of a client stream, as our events."""
+    from websockets.frames import Opcode as WsOpcode
+    from websockets.protocol import Protocol as WsProtocol
+    from websockets.protocol import Side, State
+
+    parser = WsProtocol(Side.SERVER, state=State.OPEN, max_size=None)
+    for start, end in itertools.pairwise([0, *sorted(cuts), len(raw)]):
+        parser.receive_data(raw[start:end])
+    events: list[Event] = []
+    parts: list[bytes] = []
+    for ws_frame in parser.events_received():
+        opcode = ws_frame.opcode
+        if opcode in (WsOpcode.TEXT, WsOpcode.BINARY, WsOpcode.CONT):
+            if opcode != WsOpcode.CONT:
+                kind, parts = opcode, []
+            parts.append(ws_frame.data)
+            if ws_frame.fin:
+                data = b"".join(parts)
+                events.append(Message(data.decode() if kind == WsOpcode.TEXT else data))
+        elif opcode == WsOpcode.PING:
+            events.append(Ping(ws_frame.data))
+        elif opcode == WsOpcode.PONG:
+            events.append(Pong(ws_frame.data))
+        else:
+            events.append(Close(*parse_close(ws_frame.data)))
+    return events
+
+
+class TestDifferential:
+    """The same valid streams, split anyhow, parse alike in geo_ws and python-websockets."""
+
+    @QUICK
+    @given(streams(), st.data())
+    def test_same_messages_as_python_websockets(
+        self, stream: tuple[bytes, list[Event]], data: st.DataObject
+    ) -> None:
+        raw, _ = stream
+        cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=10))
+        assert receive_in_chunks(raw, cuts) == websockets_events(raw, cuts)
+
+
+class TestMemoryBounds:
+    """Whatever arrives, the parser holds at most a frame header plus a control frame, and
+    never more of a message than max_message_size."""
+
+    @QUICK
+    @given(garbage(), st.data(), st.sampled_from([0, 10, 200]))
+    def test_buffers_stay_within_the_limits(
+        self, raw: bytes, data: st.DataObject, limit: int
+    ) -> None:
+        protocol = Protocol(max_message_size=limit)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=10)))
+        for start, end in itertools.pairwise([0, *cuts, len(raw)]):
+            protocol.receive_data(raw[start:end])
+            assert len(protocol._rest) <= 14 + 125
+            held = sum(map(len, protocol._binary_parts))
+            held += sum(len(text.encode()) for text in protocol._text_parts)
+            assert held <= limit
 
 
 class TestFragmentation:

@@ -1,0 +1,142 @@
+"""Slow and greedy clients against a server subprocess: nobody else may suffer."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+import time
+import urllib.request
+
+import gevent
+import pytest
+from gevent.pool import Pool
+
+from geo_ws.frames import Opcode, encode_frame
+from geo_ws.protocol import Message, Protocol
+
+from .helpers import WAIT, RawClient
+from .live_apps.process import ServerProcess
+
+RECEIVERS = 1000
+#: A million deliveries by default, about 10 s here; GEO_WS_STRESS_MESSAGES=10000 runs
+#: the full ten million (a minute or more of CPU on a 2-core machine).
+MESSAGES = int(os.environ.get("GEO_WS_STRESS_MESSAGES", "1000"))
+#: The size of each broadcast.
+PAYLOAD = 50
+
+
+def handshake(port: int, path: str, receive_buffer: int = 0) -> socket.socket:
+    """Open a WebSocket with a bare socket; return it once the 101 is read."""
+    sock = socket.socket()
+    if receive_buffer:  # before connecting, so that the TCP window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, "closed during the handshake"
+        head += byte
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def message(number: int) -> bytes:
+    """The payload of broadcast number ``number``."""
+    return b"%08d" % number + b"." * (PAYLOAD - 8)
+
+
+def open_many(port: int, path: str, count: int) -> list[socket.socket]:
+    pool = Pool(100)  # at most 100 handshakes in flight
+    return list(pool.imap(lambda _: handshake(port, path), range(count)))
+
+
+def rss_kib(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/rss", timeout=WAIT) as response:
+        return int(response.read())
+
+
+@pytest.mark.timeout(180)
+def test_a_stuck_client_is_closed_and_everyone_else_gets_every_broadcast() -> None:
+    with ServerProcess(
+        "-m", "geo_ws", "run", "tests.live_apps.stress:app", "--port", "0"
+    ) as server:
+        _, port = server.wait_serving()
+        receivers = open_many(port, "/room", RECEIVERS)
+        stuck = handshake(port, "/room", receive_buffer=4096)  # and never reads
+        sender = handshake(port, "/room")
+        before = rss_kib(port)
+        frame_size = len(encode_frame(Opcode.TEXT, message(0)))
+        expected = frame_size * MESSAGES
+
+        def count(sock: socket.socket) -> int:
+            """Bytes received until all the broadcasts are in (each frame has one size)."""
+            buffer, total = bytearray(65536), 0
+            while total < expected:
+                received = sock.recv_into(buffer)
+                assert received, f"closed after {total} of {expected} bytes"
+                total += received
+            return total
+
+        def check_order(sock: socket.socket) -> list[str]:
+            """Every broadcast, parsed, in the sender's order."""
+            protocol, messages = Protocol(client=True, max_message_size=None), []
+            while len(messages) < MESSAGES:
+                data = sock.recv(65536)
+                assert data
+                messages += [event.data for event in protocol.receive_data(data)]
+            return messages
+
+        readers = [gevent.spawn(check_order, receivers[0])]
+        readers += [gevent.spawn(count, sock) for sock in receivers[1:]]
+        readers.append(gevent.spawn(check_order, sender))
+        started = time.monotonic()
+        batch = b"".join(
+            encode_frame(Opcode.TEXT, message(n), mask=os.urandom(4)) for n in range(MESSAGES)
+        )
+        sender.sendall(batch)
+        # It asks for more than kernel buffers and its outbox hold, and reads nothing.
+        stuck.sendall(encode_frame(Opcode.TEXT, b"flood me", mask=os.urandom(4)))
+        gevent.joinall(readers, timeout=120, raise_error=True)
+        elapsed = time.monotonic() - started
+        assert all(reader.successful() for reader in readers), "a receiver did not get everything"
+        in_order = [message(n).decode() for n in range(MESSAGES)]
+        assert readers[0].value == in_order and readers[-1].value == in_order
+        assert all(reader.value == expected for reader in readers[1:-1])
+        # The stuck client overflowed its outbox and was closed with 1008, in the log.
+        server.stderr.wait_for(re.compile("does not read"), WAIT)
+        # Memory stays bounded: the stuck client's backlog was dropped, not kept.
+        assert rss_kib(port) - before < 100 * 1024, (before, rss_kib(port))
+        print(f"{RECEIVERS} receivers x {MESSAGES} broadcasts in {elapsed:.1f}s")
+        for sock in [*receivers, stuck, sender]:
+            sock.close()
+
+
+def test_5000_idle_connections_and_100_half_open_handshakes_do_not_stall_a_client() -> None:
+    with ServerProcess(
+        "-m", "geo_ws", "run", "tests.live_apps.stress:app", "--port", "0"
+    ) as server:
+        _, port = server.wait_serving()
+        idle = open_many(port, "/echo", 5000)
+        half_open = []
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")  # and stop
+            half_open.append(sock)
+        client = RawClient(f"127.0.0.1:{port}", "/echo")
+        worst = 0.0
+        for n in range(20):
+            started = time.monotonic()
+            client.send_text(f"echo {n}")
+            assert client.recv_event() == Message(f"echo {n}")
+            worst = max(worst, time.monotonic() - started)
+        assert worst < 1.0, worst
+        for sock in [*idle, *half_open]:
+            sock.close()
