@@ -143,6 +143,7 @@ class Connection:
         self._writer: Greenlet[Any, None] | None = None
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._lost = False
+        self._ended: ConnectionClosed | None = None  # how receiving ended, once it has
         self._overflowed = False
         self._tcp_closed = False
         self.close_request: tuple[int, str, bool] | None = None
@@ -269,6 +270,8 @@ class Connection:
                 or failed because the peer broke the protocol (the code we sent).
             Interrupted: :meth:`request_close` was called meanwhile.
         """
+        if self._ended is not None:
+            raise self._ended  # told once already: tell every later caller the same
         events = self._events
         while True:
             while events:
@@ -280,10 +283,12 @@ class Connection:
                 elif type(event) is Pong:
                     self._pong(event.payload)
                 elif type(event) is Close:
-                    raise ConnectionClosed.for_code(event.code, event.reason)
+                    self._ended = ConnectionClosed.for_code(event.code, event.reason)
+                    raise self._ended
                 elif type(event) is Failure:
                     self._fail(event.code, event.reason)
-                    raise ConnectionClosed.for_code(event.code, event.reason)
+                    self._ended = ConnectionClosed.for_code(event.code, event.reason)
+                    raise self._ended
             if self.close_request is not None:
                 raise Interrupted
             events.extend(self._read_events())
@@ -301,6 +306,22 @@ class Connection:
             self._connection_lost()
             return self.protocol.receive_eof()
         return self.protocol.receive_data(data)
+
+    @property
+    def ended(self) -> ConnectionClosed | None:
+        """How receiving ended (the peer's Close, a loss, a failure), once it has."""
+        return self._ended
+
+    def receive_or_closed(self) -> str | bytes:
+        """Like :meth:`receive`, but a requested close also ends as ``ConnectionClosed``.
+
+        For application code: it never sees :class:`Interrupted`.
+        """
+        try:
+            return self.receive()
+        except Interrupted:
+            code, reason, _ = self.close_request or (1000, "", False)
+            raise ConnectionClosed.for_code(code, reason) from None
 
     # -- keepalive ---------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .connection import Connection
 from .exceptions import HandshakeError
+from .handshake import is_upgrade_request
+from .legacy import LegacyWebSocket
 from .wsgi import TAKE_SOCKET
 
 __all__ = ["Server", "run"]
@@ -119,6 +121,10 @@ class Handler(WSGIHandler):
             self._head_timer.close()  # the head is in: the app may take its time
         environ: dict[str, Any] = super().get_environ()
         environ[TAKE_SOCKET] = self._take_socket
+        if is_upgrade_request(environ):
+            # For apps written for gevent-websocket; upgrades only if the app uses it.
+            environ["wsgi.websocket"] = LegacyWebSocket(environ, self._take_socket)
+            environ["wsgi.websocket_version"] = "13"
         return environ
 
     def _take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], set[Connection]]:
@@ -146,6 +152,9 @@ class Handler(WSGIHandler):
         assert application is not None and environ is not None
         try:
             self.result = application(environ, self.start_response)
+            legacy = environ.get("wsgi.websocket")
+            if isinstance(legacy, LegacyWebSocket) and legacy.opened:
+                legacy.finish()
             if self._upgraded:
                 # The WebSocket owned the socket and has closed it: write nothing more.
                 self.status = "101 Switching Protocols"
