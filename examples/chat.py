@@ -51,7 +51,7 @@ PAGE = """<!doctype html>
 <body>
 <h1>geo_ws chat</h1>
 <p>Name <input id="name" value="guest"> <button id="join">Join</button>
-   <span id="status">offline</span></p>
+   <button id="leave">Leave</button> <span id="status">offline</span></p>
 <div id="log"></div>
 <form id="form"><input id="text" size="50" autocomplete="off"> <button>Send</button></form>
 <script>
@@ -67,19 +67,26 @@ function show(text, cls) {
 function connect() {
   const name = document.getElementById("name").value;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}/chat/ws?name=${encodeURIComponent(name)}`);
-  socket.onopen = () => { document.getElementById("status").textContent = "online"; };
-  socket.onclose = (e) => {
+  const ws = new WebSocket(`${scheme}://${location.host}/chat/ws?name=${encodeURIComponent(name)}`);
+  socket = ws;
+  ws.onopen = () => { document.getElementById("status").textContent = "online"; };
+  ws.onclose = (e) => {
     document.getElementById("status").textContent = `offline (${e.code})`;
-    setTimeout(connect, 1000);  // reconnect after a restart
+    // Lost, or the server restarted: reconnect, unless Leave was clicked.
+    setTimeout(() => { if (socket === ws) connect(); }, 1000);
   };
-  socket.onmessage = (e) => {
+  ws.onmessage = (e) => {
     const m = JSON.parse(e.data);
     if (m.event) show(`${m.name} ${m.event === "join" ? "joined" : "left"}`, "event");
     else show(`${m.from}: ${m.text}`);
   };
 }
 document.getElementById("join").onclick = () => { if (!socket) connect(); };
+document.getElementById("leave").onclick = () => {
+  const ws = socket;
+  socket = null;
+  if (ws) ws.close(1000);
+};
 document.getElementById("form").onsubmit = (e) => {
   e.preventDefault();
   const text = document.getElementById("text");

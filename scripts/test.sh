@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests start themselves (none yet).
-APT_PACKAGES=()
+# System packages the tests start themselves (chromium: tests/test_chat_browser.py).
+APT_PACKAGES=(chromium)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
