@@ -1,4 +1,5 @@
-"""The ``geo-ws`` command: ``geo-ws run module:app [--host H] [--port P]``.
+"""The ``geo-ws`` command: ``geo-ws run module:app [--host H] [--port P]``, and
+``geo-ws load URL ...`` (load tests: see :mod:`geo_ws.load`).
 
 The process is monkey-patched before the app is imported, so the app's blocking
 calls (sockets, ``time.sleep``, database drivers) cooperate with gevent.
@@ -14,6 +15,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
+from . import load  # noqa: E402
 from .server import run  # noqa: E402
 
 __all__ = ["load_app", "main"]
@@ -59,7 +61,17 @@ def main(argv: list[str] | None = None) -> None:
         default=10.0,
         help="seconds a client may take to send a request's headers (10)",
     )
+    load.add_arguments(
+        commands.add_parser(
+            "load",
+            help="load-test a WebSocket endpoint",
+            description=load.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     args = parser.parse_args(argv)
+    if args.command == "load":
+        sys.exit(load.command(args))
     run(
         load_app(args.app),
         args.host,
