@@ -132,8 +132,29 @@ class Handler(WSGIHandler):
         if server.stopping:
             raise HandshakeError(503, "the server is shutting down")
         self._upgraded = True
-        # read1 first returns what the request parser buffered past the head.
-        return self.socket, self.rfile.read1, server.connections
+        sock, rfile = self.socket, self.rfile
+        # Take what the request parser buffered past the head (a client may send frames
+        # right behind its handshake) without waiting, then close the buffered reader:
+        # that frees its 8 KiB buffer, and the WebSocket reads the socket directly.
+        sock.settimeout(0.0)
+        try:
+            buffered = rfile.read1(65536) or b""
+        except OSError:
+            buffered = b""
+        finally:
+            sock.settimeout(None)
+        rfile.close()
+        if self.wsgi_input is not None:  # nothing left for pywsgi to discard
+            self.wsgi_input.content_length = 0
+            self.wsgi_input.chunked_input = False
+        if not buffered:
+            return sock, sock.recv, server.connections
+        pending = [buffered]
+
+        def recv(size: int) -> bytes:
+            return pending.pop() if pending else sock.recv(size)
+
+        return sock, recv, server.connections
 
     def read_requestline(self) -> str:
         server = cast(Server, self.server)

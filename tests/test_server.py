@@ -15,6 +15,8 @@ import gevent
 import pytest
 import websocket
 
+from geo_ws.frames import Opcode, encode_frame
+from geo_ws.protocol import Message, Protocol
 from geo_ws.server import Server
 from tests.helpers import WAIT, RawClient
 from tests.live_apps.closing import app as closing_app
@@ -216,3 +218,25 @@ def test_request_headers_over_16_kib_get_431(serve: Serve) -> None:
     assert big.status == 431
     fits = RawClient(address, "/ws", {f"X-Filler-{n}": "x" * 1000 for n in range(14)})
     assert fits.status == 101
+
+
+def test_frames_sent_right_behind_the_handshake_are_not_lost(serve: Serve) -> None:
+    address = serve(closing_app)
+    host, port = address.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    head = (
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    # One write: the request parser buffers the frame along with the head.
+    sock.sendall(head.encode() + encode_frame(Opcode.TEXT, b"eager", mask=b"abcd"))
+    protocol, events = Protocol(client=True), []
+    with gevent.Timeout(WAIT):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        events += protocol.receive_data(data.partition(b"\r\n\r\n")[2])
+        while len(events) < 2:
+            events += protocol.receive_data(sock.recv(4096))
+    assert events[:2] == [Message("welcome"), Message("eager")]
+    sock.close()
