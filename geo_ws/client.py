@@ -35,12 +35,12 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from gevent import Timeout
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.event import Event
-from gevent.hub import get_hub
+from gevent.hub import Waiter, get_hub
 from gevent.lock import Semaphore
+from gevent.monkey import get_original
 
 from .exceptions import ConnectionClosed, ConnectionClosedError, HandshakeError, InvalidState
 from .frames import Opcode, encode_frame
@@ -62,6 +62,8 @@ _BINARY = int(Opcode.BINARY)
 _PING = int(Opcode.PING)
 _PONG = int(Opcode.PONG)
 _urandom = os.urandom
+# The stdlib's socket class, even in a monkey-patched process.
+_StdlibSocket: Any = get_original("socket", "socket")
 
 
 def connect(
@@ -257,9 +259,8 @@ def _refusal_reason(sock: gsocket.socket, headers: dict[str, str], rest: bytes) 
     return line or "the server refused the upgrade"
 
 
-class _WaitTimeout(Exception):
-    """Raised by the wait timer; turned into a TimeoutError with a message."""
-
+# What the timer of a wait passes to the waiter.
+_TIMED_OUT = object()
 
 # Thrown into a greenlet waiting on a socket that another greenlet closed.
 _CANCELLED = OSError(errno.EBADF, "the connection was closed by another greenlet")
@@ -319,18 +320,22 @@ class ClientConnection:
         self.close_reason: str | None = None
         """None while open; then the reason that goes with :attr:`close_code`."""
 
-        # Non-blocking, and waited on with watchers of our own: cheaper per message than
-        # gevent's blocking wrappers, and a read timeout that writers do not share.
-        sock.settimeout(0.0)
-        self._sock = sock
+        # Non-blocking, waited on with watchers of our own: cheaper per message than
+        # gevent's blocking wrappers, and a read timeout that writers do not share. A
+        # plain socket becomes the stdlib's, whose recv and send are C calls.
+        self._tls = isinstance(sock, gssl.SSLSocket)
+        self._sock: Any = sock if self._tls else _StdlibSocket(fileno=sock.detach())
+        self._sock.settimeout(0.0)
         self._hub = get_hub()
-        fileno = sock.fileno()
+        fileno = self._sock.fileno()
         self._read_watcher = self._hub.loop.io(fileno, 1)
         self._write_watcher = self._hub.loop.io(fileno, 2)
         self._protocol = Protocol(client=True, max_message_size=max_message_size)
         self._inbox: deque[str | bytes] = deque()
         self._write_lock = Semaphore()
         self._reading = False
+        # Set by send(): a reply cannot be there yet, so recv() waits before reading.
+        self._awaiting_reply = False
         # Set by close() while it reads the rest of the stream itself.
         self._draining = False
         self._pings: dict[bytes, Event] = {}
@@ -382,20 +387,27 @@ class ClientConnection:
         Raises:
             TimeoutError: ``deadline`` passed first.
         """
-        timer = (
-            None if deadline is None else Timeout.start_new(deadline - monotonic(), _WaitTimeout)
-        )
+        hub = self._hub
         try:
-            self._hub.wait(watcher)
-        except _WaitTimeout:
-            raise TimeoutError("timed out waiting for the server") from None
+            if deadline is None:
+                hub.wait(watcher)
+                return
+            # One waiter for the socket and a timer: cheaper than a gevent.Timeout.
+            timer = hub.loop.timer(max(0.0, deadline - monotonic()))
+            waiter: Waiter[object] = Waiter(hub)
+            watcher.start(waiter.switch, None)
+            timer.start(waiter.switch, _TIMED_OUT)
+            try:
+                woken_by = waiter.get()
+            finally:
+                watcher.stop()
+                timer.close()
+            if woken_by is _TIMED_OUT:
+                raise TimeoutError("timed out waiting for the server")
         except OSError as exc:
             if exc is not _CANCELLED:
                 raise
             # Another greenlet closed the connection: the caller finds it closed.
-        finally:
-            if timer is not None:
-                timer.close()
 
     def _write(self, frame: bytes) -> None:
         """Write one frame whole, without a time limit; a lost connection ends with 1006.
@@ -449,6 +461,7 @@ class ClientConnection:
         if self._protocol.state is not OPEN:
             raise self._closed_error()
         self._write(frame)
+        self._awaiting_reply = True
 
     # --- receiving ------------------------------------------------------------------------------
 
@@ -493,6 +506,14 @@ class ClientConnection:
         """
         if self._done.is_set():
             raise self._closed_error()
+        if self._awaiting_reply:
+            self._awaiting_reply = False
+            # Just after a send, reading first would nearly always fail (a syscall and
+            # an exception per message): wait first. TLS may hold decrypted bytes that
+            # the socket does not show, so it always reads first.
+            if not self._tls and (deadline is None or deadline - monotonic() > 0.001):
+                self._wait(self._read_watcher, deadline)
+                return
         try:
             data = self._sock.recv(READ_SIZE)
         except (BlockingIOError, SSLWantReadError):
