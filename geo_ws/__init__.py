@@ -41,19 +41,27 @@ _EXPORTS = {
     "PayloadTooBig": "exceptions",
     "ProtocolError": "exceptions",
     "WebSocketError": "exceptions",
+    "Broker": "broker",
+    "MemoryBroker": "broker",
+    "RedisBroker": "broker",
+    "Emitter": "emitter",
 }
 
 __all__ = [
+    "Broker",
     "CloseCode",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "Emitter",
     "HandshakeError",
     "InvalidState",
     "InvalidUTF8",
+    "MemoryBroker",
     "PayloadTooBig",
     "ProtocolError",
     "QueryParams",
+    "RedisBroker",
     "Server",
     "WebSocket",
     "WebSocketConnector",
@@ -64,7 +72,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .broker import Broker, MemoryBroker, RedisBroker
     from .concurrency import run_blocking
+    from .emitter import Emitter
     from .exceptions import (
         ConnectionClosed,
         ConnectionClosedError,

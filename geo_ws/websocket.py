@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Collection, Sequence
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, cast
@@ -20,6 +21,7 @@ from flask import Blueprint, Flask, Response, current_app, has_app_context, requ
 from werkzeug.datastructures import Headers
 from werkzeug.routing import WebsocketMismatch
 
+from .broker import Broker, get_broker
 from .concurrency import run_coroutine
 from .connection import Connection, Interrupted
 from .deflate import DeflateOptions, negotiate
@@ -62,10 +64,32 @@ class _AppState:
 
     global_dependencies: dict[str, Any] = field(default_factory=dict)
     registries: dict[WebSocket, Registry] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    """The app's config, read when a broker is chosen."""
+    brokers: dict[WebSocket, Broker] = field(default_factory=dict)
+
+    def broker(self, endpoint: WebSocket) -> Broker:
+        """The endpoint's broker, chosen on first use (the app's config may come late).
+
+        The endpoint's ``broker=``, else the app's ``GEO_WS_BROKER_URL``, else the
+        environment's, else a :class:`~geo_ws.broker.MemoryBroker`.
+        """
+        broker = self.brokers.get(endpoint)
+        if broker is None:
+            broker = get_broker(
+                endpoint._broker_option
+                or self.config.get("GEO_WS_BROKER_URL")
+                or os.environ.get("GEO_WS_BROKER_URL")
+            )
+            broker.attach(self.registries[endpoint])
+            self.brokers[endpoint] = broker
+        return broker
 
 
 def _app_state(app: Flask) -> _AppState:
-    state: _AppState = app.extensions.setdefault("geo_ws", _AppState())
+    state: _AppState | None = app.extensions.get("geo_ws")
+    if state is None:
+        state = app.extensions["geo_ws"] = _AppState(config=app.config)
     return state
 
 
@@ -120,6 +144,10 @@ class WebSocket:
         decorators: view decorators applied to the endpoint, innermost first (as in
             Flask's class-based views); they run before the handshake and may refuse it
             by returning or raising an HTTP error.
+        broker: what carries sends to the clients of other processes and hosts: a
+            :class:`~geo_ws.broker.Broker` or a URL (``redis://...``). Default: the
+            app's ``GEO_WS_BROKER_URL`` config, else the ``GEO_WS_BROKER_URL``
+            environment variable, else one process only (see :mod:`geo_ws.broker`).
     """
 
     def __init__(
@@ -138,7 +166,9 @@ class WebSocket:
         max_connections: int | None = None,
         compression: str | DeflateOptions | None = None,
         decorators: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
+        broker: Broker | str | None = None,
     ) -> None:
+        self._broker_option = broker
         self.path = path
         """The URL rule of the endpoint."""
         self.max_message_size = max_message_size
@@ -172,14 +202,16 @@ class WebSocket:
             websocket=True,
         )
         if isinstance(app, Blueprint):
-            app.record_once(lambda setup: self._attach(cast(Flask, setup.app)))
+            app.record_once(lambda setup: self._attach(cast(Flask, setup.app), setup.url_prefix))
         else:
             self._attach(app)
 
-    def _attach(self, app: Flask) -> None:
+    def _attach(self, app: Flask, url_prefix: str | None = None) -> None:
         """Give this endpoint a registry in ``app`` (once per app)."""
         state = _app_state(app)
-        state.registries[self] = Registry()
+        # Other processes know the endpoint by its full rule, as Flask joins it.
+        key = "/".join((url_prefix.rstrip("/"), self.path.lstrip("/"))) if url_prefix else self.path
+        state.registries[self] = Registry(key)
         state.global_dependencies.update(self._global_injections)
         app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
         self._apps.append(app)
@@ -229,12 +261,16 @@ class WebSocket:
 
     def _registry(self) -> Registry:
         """This endpoint's registry in the current app, or in its only app."""
+        return self._state().registries[self]
+
+    def _state(self) -> _AppState:
+        """geo_ws's state in the current app, or in this endpoint's only app."""
         if has_app_context():
             state: _AppState | None = current_app.extensions.get("geo_ws")
             if state is not None and self in state.registries:
-                return state.registries[self]
+                return state
         if len(self._apps) == 1:
-            return _app_state(self._apps[0]).registries[self]
+            return _app_state(self._apps[0])
         if not self._apps:
             raise RuntimeError(
                 f"WebSocket {self.path!r} is on a blueprint that no app has registered yet"
@@ -243,43 +279,53 @@ class WebSocket:
             f"WebSocket {self.path!r} is on several apps: send from within an app context"
         )
 
+    @property
+    def broker(self) -> Broker:
+        """The broker carrying this endpoint's sends (chosen on first use).
+
+        Its hooks let the app react to lost messages::
+
+            @websocket.broker.on("broker_gap")
+            def resync(gap):
+                websocket.sync_broadcast('{"resync": true}')
+        """
+        return self._state().broker(self)
+
     def sync_send_to(self, connection_id: str, data: Data) -> bool:
-        """Send ``data`` to one client by id; a missing id is a no-op.
+        """Send ``data`` to one client by id, in any process; a missing id is a no-op.
 
         Returns:
-            Whether the client was connected to take it.
+            Whether the client was connected here to take it, or was forwarded to the
+            process that holds it (see :meth:`geo_ws.broker.Broker.send_to`).
         """
-        return self._registry().send_to(connection_id, data)
+        state = self._state()
+        return state.broker(self).send_to(state.registries[self].key, connection_id, data)
 
-    def sync_broadcast(self, data: Data) -> int:
-        """Send ``data`` to every client of this endpoint.
+    def sync_broadcast(self, data: Data, room: str | None = None) -> int:
+        """Send ``data`` to every client of this endpoint, or of its ``room``, everywhere.
 
         Returns:
-            How many clients took it.
+            How many clients of this process took it.
         """
-        return self._registry().broadcast(data)
+        state = self._state()
+        return state.broker(self).broadcast(state.registries[self].key, data, room)
 
     async def async_send_to(self, connection_id: str, data: Data) -> bool:
         """Awaitable :meth:`sync_send_to`."""
         return self.sync_send_to(connection_id, data)
 
-    async def async_broadcast(self, data: Data) -> int:
+    async def async_broadcast(self, data: Data, room: str | None = None) -> int:
         """Awaitable :meth:`sync_broadcast`."""
-        return self.sync_broadcast(data)
+        return self.sync_broadcast(data, room)
 
     def close(self, connection_id: str, code: int = 1000, reason: str = "") -> bool:
-        """Close one client by id.
+        """Close one client by id, in any process.
 
         Returns:
-            Whether the client was connected.
+            As :meth:`sync_send_to`.
         """
-        registry = self._registry()
-        connection = registry.get(connection_id)
-        if connection is None:
-            return False
-        connection.request_close(code, reason)
-        registry.remove(connection_id)
-        return True
+        state = self._state()
+        return state.broker(self).close(state.registries[self].key, connection_id, code, reason)
 
     def connection_ids(self) -> list[str]:
         """The ids of the clients connected to this endpoint, in this process."""
@@ -394,31 +440,41 @@ class WebSocketConnector:
 
     # -- Robyn's API -------------------------------------------------------------------
 
+    @cached_property
+    def _broker(self) -> Broker:
+        return self._state.broker(self._endpoint)
+
     def sync_send_to(self, connection_id: str, data: Data) -> bool:
         """Send ``data`` to a client of this endpoint by id (``ws.id`` for this one).
 
+        The client may be in another process or host (with a broker such as Redis).
         Sending to an id that is not connected does nothing.
 
         Returns:
-            Whether that client was connected to take it.
+            Whether that client was connected here to take it, or was forwarded to the
+            process that holds it.
         """
-        return self._registry.send_to(connection_id, data)
+        return self._broker.send_to(self._registry.key, connection_id, data)
 
-    def sync_broadcast(self, data: Data) -> int:
-        """Send ``data`` to every client of this endpoint, this one included.
+    def sync_broadcast(self, data: Data, room: str | None = None) -> int:
+        """Send ``data`` to every client of this endpoint, this one included, everywhere.
+
+        Args:
+            data: ``str`` for text, bytes for binary.
+            room: send only to the clients that joined this room (see :meth:`join`).
 
         Returns:
-            How many clients took it.
+            How many clients of this process took it.
         """
-        return self._registry.broadcast(data)
+        return self._broker.broadcast(self._registry.key, data, room)
 
     async def async_send_to(self, connection_id: str, data: Data) -> bool:
         """Awaitable :meth:`sync_send_to`."""
         return self.sync_send_to(connection_id, data)
 
-    async def async_broadcast(self, data: Data) -> int:
+    async def async_broadcast(self, data: Data, room: str | None = None) -> int:
         """Awaitable :meth:`sync_broadcast`."""
-        return self.sync_broadcast(data)
+        return self.sync_broadcast(data, room)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close this client: unregister it at once, then send Close and close TCP.
@@ -429,11 +485,28 @@ class WebSocketConnector:
         self._connection.request_close(code, reason)
         self._registry.remove(self.id)
 
+    # -- rooms -------------------------------------------------------------------------
+
+    def join(self, room: str) -> None:
+        """Put this client in ``room``: it gets ``sync_broadcast(data, room=room)`` sent
+        from any process. It leaves its rooms when it closes."""
+        self._registry.join(self.id, room)
+
+    def leave(self, room: str) -> None:
+        """Take this client out of ``room`` (a no-op if it is not in it)."""
+        self._registry.leave(self.id, room)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """The rooms this client is in."""
+        return self._registry.rooms_of(self.id)
+
     # -- the connection's life ---------------------------------------------------------
 
     def _run(self) -> None:
         """Serve the connection until it closes; the close handler runs exactly once."""
         connection = self._connection
+        self._broker.attach(self._registry)  # from now on, sends from elsewhere arrive here
         self._registry.add(self.id, connection)
         peer_code: int | None = None
         try:

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests start themselves (chromium: tests/test_chat_browser.py).
-APT_PACKAGES=(chromium)
+# System packages the tests start themselves (chromium: tests/test_chat_browser.py;
+# redis-server: tests/test_broker.py, tests/test_gunicorn.py).
+APT_PACKAGES=(chromium redis-server)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -6,7 +6,7 @@ import os
 import socket
 
 from geo_ws.connection import Connection, Outgoing
-from geo_ws.registry import Registry, new_id
+from geo_ws.registry import Registry, new_id, node_id, node_of
 
 
 def test_ids_are_unique_and_name_their_process() -> None:
@@ -63,3 +63,31 @@ def test_send_to_and_remove() -> None:
     assert registry.get("n.1") is None
     connection.abort()
     client.close()
+
+
+def test_node_of_reads_the_process_part_of_an_id() -> None:
+    connection_id = new_id()
+    assert node_of(connection_id) == node_id() == connection_id.split(".")[0]
+    assert node_of("no-dot") == ""
+
+
+def test_rooms_group_connections_and_forget_them_when_they_leave() -> None:
+    registry = Registry("/ws")
+    recorders = {name: Recorder() for name in ("n.1", "n.2", "n.3")}
+    for name, recorder in recorders.items():
+        registry.add(name, recorder)  # type: ignore[arg-type]
+    assert registry.join("n.1", "red") and registry.join("n.2", "red")
+    assert registry.join("n.1", "red")  # joining twice changes nothing
+    assert registry.join("n.1", "blue")
+    assert not registry.join("n.9", "red")  # not registered: not joined
+    assert registry.rooms_of("n.1") == {"red", "blue"} and registry.rooms_of("n.3") == set()
+    assert sorted(registry.members("red")) == ["n.1", "n.2"]
+    assert registry.broadcast("to red", room="red") == 2
+    assert registry.broadcast("to nobody", room="green") == 0
+    assert registry.leave("n.2", "red") and not registry.leave("n.2", "red")
+    assert registry.members("red") == ["n.1"]
+    # Leaving the registry leaves every room; empty rooms disappear.
+    assert registry.remove("n.1")
+    assert registry.members("red") == [] and registry.members("blue") == []
+    assert registry._rooms == {} and registry._memberships == {}
+    assert [len(recorder.frames) for recorder in recorders.values()] == [1, 1, 0]
