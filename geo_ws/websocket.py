@@ -350,6 +350,8 @@ class WebSocket:
                 offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
                 negotiated = negotiate(offers, self.compression)
             transport = take_over(environ)
+            if transport is not None and transport.upgraded:
+                subprotocol = negotiated = None  # the server's own 101 offered neither
         except HandshakeError as error:
             return Response(error.reason + "\n", error.status, error.headers, mimetype="text/plain")
         if transport is None:
@@ -376,7 +378,7 @@ class WebSocket:
         headers = [("Sec-WebSocket-Protocol", subprotocol)] if subprotocol else []
         if negotiated:
             headers.append(("Sec-WebSocket-Extensions", negotiated[0]))
-        transport.sock.sendall(response_101(key, headers))
+        transport.accept(response_101(key, headers))
         if transport.connections is not None:
             transport.connections.add(connection)
         try:
@@ -395,7 +397,7 @@ class _EndOfSocket(Response):
         self._transport = transport
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
-        return self._transport.end_response()
+        return self._transport.end_response(start_response)
 
 
 class WebSocketConnector:

@@ -3,11 +3,23 @@
 Every server hands the raw socket over differently; this module is the one place
 that knows how, and how each expects the WSGI call to end afterwards:
 
-- geo_ws's own server (:mod:`geo_ws.server`) puts ``geo_ws.take_socket`` in the
-  environ; afterwards the app returns an empty body and the server writes nothing.
+- geo_ws's own server (:mod:`geo_ws.server`, also behind
+  :class:`geo_ws.gunicorn.Worker`) puts ``geo_ws.take_socket`` in the environ;
+  afterwards the app returns an empty body and the server writes nothing.
 - gunicorn's ``-k gevent`` worker puts the socket in ``gunicorn.socket``;
   afterwards the app raises ``StopIteration``, which gunicorn takes as "close
-  quietly" (``workers/base_async.py``).
+  quietly" (``workers/base_async.py``). Bytes its parser read past the request head
+  are out of reach, which is harmless: a client waits for the 101 before sending.
+- gunicorn's ``-k gevent_pywsgi`` worker (gevent's pywsgi) puts the socket in
+  ``gunicorn.sock``; the bytes read past the head wait in its buffered reader,
+  which is ``wsgi.input`` for an upgrade request. Afterwards the app records the
+  101 with ``start_response`` (for the access log), tells pywsgi's handler that the
+  response went out and that the connection is over, and returns an empty body.
+- gevent-websocket's ``GeventWebSocketWorker`` has already answered 101 and put its
+  own WebSocket object in ``wsgi.websocket``: geo_ws takes its handler's socket and
+  reader, writes no second 101, and marks that object closed so that it does not
+  send a Close of its own afterwards. (Its handshake came first: ``before_request``
+  refusals, origins and subprotocols can no longer change the 101.)
 """
 
 from __future__ import annotations
@@ -16,6 +28,8 @@ import socket
 from collections.abc import Callable, Iterable, MutableSet
 from dataclasses import dataclass
 from typing import Any
+
+from gevent.pywsgi import WSGIHandler
 
 from .connection import Connection
 
@@ -37,9 +51,21 @@ class Transport:
     """The server's set of open WebSocket connections (closed with 1001 on shutdown)."""
     stop_iteration: bool = False
     """End the WSGI call by raising ``StopIteration`` (gunicorn) instead of returning."""
+    upgraded: bool = False
+    """The server has already sent the 101 (gevent-websocket)."""
+    finish: Callable[[Any], Any] | None = None
+    """Called with ``start_response`` once the socket is done, to tell the server the
+    connection is over."""
 
-    def end_response(self) -> Iterable[bytes]:
+    def accept(self, response: bytes) -> None:
+        """Send the 101 response, unless the server already did."""
+        if not self.upgraded:
+            self.sock.sendall(response)
+
+    def end_response(self, start_response: Any = None) -> Iterable[bytes]:
         """End the WSGI call the way this server expects once the socket is done."""
+        if self.finish is not None:
+            self.finish(start_response)
         if self.stop_iteration:
             raise StopIteration
         return []
@@ -51,6 +77,34 @@ def take_over(environ: dict[str, Any]) -> Transport | None:
     if take is not None:
         sock, recv, connections = take()
         return Transport(sock, recv, connections)
+    websocket: Any = environ.get("wsgi.websocket")
+    upgraded_by = getattr(websocket, "handler", None)  # gevent-websocket's, past its 101
+    if upgraded_by is not None:
+
+        def finish(start_response: Any) -> None:
+            # Its handler closes the object unless it is closed already: no second Close.
+            websocket.closed = True
+
+        return Transport(
+            upgraded_by.socket, upgraded_by.rfile.read1, None, upgraded=True, finish=finish
+        )
+    sock = environ.get("gunicorn.sock")
+    if sock is not None:
+        # pywsgi hands upgrade requests its raw buffered reader; others, an Input on it.
+        rfile = getattr(environ["wsgi.input"], "rfile", environ["wsgi.input"])
+
+        def end_pywsgi(start_response: Any) -> None:
+            handler = getattr(start_response, "__self__", None)
+            if isinstance(handler, WSGIHandler):
+                start_response("101 Switching Protocols", [])  # what the access log shows
+                handler.headers_sent = True  # ours went out before the session
+                handler.close_connection = True
+            else:
+                # Behind a middleware that wraps start_response: a closed reader ends
+                # pywsgi's keep-alive loop as well.
+                rfile.close()
+
+        return Transport(sock, rfile.read1, None, finish=end_pywsgi)
     sock = environ.get("gunicorn.socket")
     if sock is not None:
         return Transport(sock, sock.recv, None, stop_iteration=True)

@@ -1,0 +1,161 @@
+"""geo_ws's gunicorn worker: ``gunicorn -k geo_ws.gunicorn.Worker -w 4 app:app``.
+
+The recommended way to run geo_ws under gunicorn (``pip install geo_ws[gunicorn]``).
+Like gunicorn's ``-k gevent`` worker it monkey-patches the process before loading the
+app; unlike it, it serves HTTP and WebSockets with geo_ws's own server
+(:mod:`geo_ws.server`), and it ends WebSockets properly: on SIGTERM (``kill`` of the
+master, or a SIGHUP reload, which stops the old workers with SIGTERM) every
+WebSocket gets a Close 1001, close handlers run, and the worker waits for the
+closing handshakes within ``--graceful-timeout`` before it exits. On SIGINT/SIGQUIT
+(gunicorn's quick shutdown) WebSockets are sent Close 1001 too, without the wait.
+
+Handlers that block in patched I/O (``time.sleep``, sockets, database drivers on
+sockets) never trip ``--timeout``: the worker reports to the master from its own
+greenlet. Only a call that blocks the whole process (unpatched C code) can; move
+those to :func:`geo_ws.run_blocking`.
+
+Logging: unless the app configured the ``geo_ws`` logger itself, its records go to
+gunicorn's error log, at gunicorn's ``--log-level``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+from gunicorn.http.wsgi import base_environ
+from gunicorn.sock import ssl_context
+from gunicorn.workers.ggevent import VERSION, GeventWorker, PyWSGIHandler
+
+from .broker import flush_all
+from .server import Handler, Server
+
+__all__ = ["Worker"]
+
+#: Seconds of ``--graceful-timeout`` kept back for what follows the WebSockets'
+#: closing handshakes (publishing their close handlers' messages, exiting).
+MARGIN = 1.0
+
+
+class _Handler(Handler, PyWSGIHandler):  # type: ignore[misc]
+    """geo_ws's request handler, writing gunicorn's access log."""
+
+    def log_request(self) -> None:
+        if self.response_headers is None:
+            # A WebSocket (its 101 went out directly) or an early error response.
+            self.response_headers = []
+        super().log_request()
+
+
+class Worker(GeventWorker):  # type: ignore[misc]
+    """A gunicorn worker serving HTTP and WebSocket with geo_ws's server.
+
+    Use it with ``-k geo_ws.gunicorn.Worker`` (or ``worker_class`` in a config
+    file). It honours ``--worker-connections``, ``--graceful-timeout``,
+    ``--keepalive`` (also the time a client may take to send a request head), TLS
+    options and ``--timeout``.
+    """
+
+    wsgi_handler = _Handler
+
+    _servers: list[Server]
+    _stopping: Event | None = None
+
+    def init_process(self) -> None:
+        """Route geo_ws's log to gunicorn's, then patch, load the app and run."""
+        geo_ws_logger = logging.getLogger("geo_ws")
+        if not geo_ws_logger.handlers:
+            error_log = self.log.error_log
+            for handler in error_log.handlers:
+                geo_ws_logger.addHandler(handler)
+            geo_ws_logger.setLevel(error_log.level)
+            geo_ws_logger.propagate = False
+        # GeventWorker patches first, then reinitialises the hub, then loads the app.
+        super().init_process()
+
+    def run(self) -> None:
+        """Serve until told to stop, then close every WebSocket with 1001."""
+        self._stopping = Event()
+        self._servers = []
+        ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
+        for listener in self.sockets:
+            listener.setblocking(1)
+            environ = base_environ(self.cfg)
+            environ.update({"wsgi.multithread": True, "SERVER_SOFTWARE": VERSION})
+            server = Server(
+                listener,
+                self.wsgi,
+                handshake_timeout=self.cfg.keepalive or 10.0,
+                spawn=Pool(self.worker_connections),
+                log=self.log,
+                error_log=self.log,
+                handler_class=_Handler,
+                environ=environ,
+                **ssl_args,
+            )
+            if self.cfg.workers > 1:
+                # Accept one connection per wake-up, so that the workers share them.
+                server.max_accept = 1
+            server.start()
+            self._servers.append(server)
+            self.log.info("geo_ws serving on %s (worker pid %s)", _url(listener), self.pid)
+        while self.alive:
+            self.notify()
+            self._stopping.wait(self._notify_interval())
+        self._shutdown()
+
+    def _notify_interval(self) -> float:
+        # self.timeout is half of --timeout already; 0 means no timeout.
+        return min(1.0, self.timeout) if self.timeout > 0 else 1.0
+
+    def _keep_notifying(self) -> None:
+        while True:
+            self.notify()
+            gevent.sleep(self._notify_interval())
+
+    def _shutdown(self) -> None:
+        """Close every WebSocket with 1001 and wait, within ``--graceful-timeout``."""
+        # The master takes a worker that stops reporting for a hung one.
+        notifier = gevent.spawn(self._keep_notifying)
+        try:
+            count = sum(len(server.connections) for server in self._servers)
+            self.log.info(
+                "geo_ws worker %s shutting down: closing %d WebSocket(s)", self.pid, count
+            )
+            timeout = max(0.1, self.cfg.graceful_timeout - MARGIN)
+            gevent.joinall(
+                [gevent.spawn(server.shutdown, timeout) for server in self._servers],
+                timeout=timeout + 1,
+            )
+            # Close handlers may have broadcast (a chat's "left"): publish before exiting.
+            flush_all(MARGIN / 2)
+        finally:
+            notifier.kill(block=False)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: stop serving, gracefully."""
+        super().handle_exit(sig, frame)
+        if self._stopping is not None:
+            # A signal handler may run inside the hub: wake run() through the loop.
+            gevent.get_hub().loop.run_callback_threadsafe(self._stopping.set)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGINT/SIGQUIT: gunicorn exits within 0.1 s; send Close 1001 meanwhile."""
+        gevent.get_hub().loop.run_callback_threadsafe(self._close_all)
+        super().handle_quit(sig, frame)
+
+    def _close_all(self) -> None:
+        for server in getattr(self, "_servers", ()):
+            for connection in list(server.connections):
+                connection.request_close(1001, "server shutting down")
+
+
+def _url(listener: socket.socket) -> str:
+    address = listener.getsockname()
+    if isinstance(address, tuple):
+        return f"http://{address[0]}:{address[1]}"
+    return f"unix:{address}"
