@@ -264,11 +264,18 @@ class Broker:
     def attach(self, registry: Registry) -> None:
         """Deliver what other processes send to ``registry.key`` to this registry too.
 
-        Idempotent; the first call starts what the broker needs to receive.
+        Idempotent, and no I/O: :meth:`listen` starts receiving.
         """
         registries = self._registries.setdefault(registry.key, [])
         if registry not in registries:
             registries.append(registry)
+
+    def listen(self) -> None:
+        """Receive from other processes from now on (a no-op here).
+
+        Called when a connection opens, so that a process with no WebSocket (a
+        ``--preload`` master, a worker serving HTTP only) subscribes to nothing.
+        """
 
     def on(self, event: str) -> Callable[[F], F]:
         """Register a hook for ``event``, one of :data:`BROKER_EVENTS`.
@@ -660,14 +667,13 @@ class RedisBroker(Broker):
 
     # -- subscribing ---------------------------------------------------------------------
 
-    def attach(self, registry: Registry) -> None:
-        """Deliver sends for ``registry.key`` here; the first call subscribes.
+    def listen(self) -> None:
+        """Subscribe, unless this process already did.
 
         The first call waits (at most ``subscribe_timeout``) for the subscription or
-        its first failure.
+        its first failure, so that the first client gets what is sent right after.
         """
         self._check_process()
-        super().attach(registry)
         if self._listener is None:
             self._listener = gevent.spawn(self._listen_loop)
             if gevent.getcurrent() is not gevent.get_hub():

@@ -508,7 +508,7 @@ class WebSocketConnector:
     def _run(self) -> None:
         """Serve the connection until it closes; the close handler runs exactly once."""
         connection = self._connection
-        self._broker.attach(self._registry)  # from now on, sends from elsewhere arrive here
+        self._broker.listen()  # from now on, sends from other processes arrive here
         self._registry.add(self.id, connection)
         peer_code: int | None = None
         try:

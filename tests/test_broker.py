@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from geo_ws import Emitter
 from geo_ws.broker import (
-    Broker,
     Envelope,
     Gap,
     GapDetector,
@@ -146,7 +145,7 @@ def test_received_envelopes_reach_local_connections_and_gaps_are_reported(
 ) -> None:
     broker = RedisBroker("redis://127.0.0.1:1/0")  # never connects: fed by hand below
     registry, clients = registry_of("/ws", "n.1", "n.2")
-    Broker.attach(broker, registry)  # the base class's: no listener
+    broker.attach(registry)  # and no listen(): no listener
     registry.join("n.2", "lobby")
     gaps: list[Gap] = []
     broker.on("broker_gap")(gaps.append)
@@ -231,6 +230,7 @@ def test_the_endpoint_option_then_app_config_then_environment_choose_the_broker(
     broker = configured.broker
     assert isinstance(broker, RedisBroker) and broker.url == redis_server.url
     stop_brokers.append(broker)
+    assert not broker.wait_subscribed(0)  # choosing it opened nothing: clients subscribe
     assert isinstance(chosen.broker, MemoryBroker)
     monkeypatch.setenv("GEO_WS_BROKER_URL", redis_server.url[:-1] + "1")
     other = Flask("other")
