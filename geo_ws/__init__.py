@@ -32,6 +32,8 @@ _EXPORTS = {
     "run": "server",
     "run_blocking": "concurrency",
     "CloseCode": "frames",
+    "DeflateOptions": "deflate",
+    "GeoWS": "extension",
     "ConnectionClosed": "exceptions",
     "ConnectionClosedError": "exceptions",
     "ConnectionClosedOK": "exceptions",
@@ -53,6 +55,8 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "DeflateOptions",
+    "GeoWS",
     "Emitter",
     "HandshakeError",
     "InvalidState",
@@ -74,6 +78,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .broker import Broker, MemoryBroker, RedisBroker
     from .concurrency import run_blocking
+    from .deflate import DeflateOptions
     from .emitter import Emitter
     from .exceptions import (
         ConnectionClosed,
@@ -86,6 +91,7 @@ if TYPE_CHECKING:
         ProtocolError,
         WebSocketError,
     )
+    from .extension import GeoWS
     from .frames import CloseCode
     from .params import QueryParams
     from .server import Server, run

@@ -16,7 +16,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, cast
+from weakref import WeakKeyDictionary
 
+import gevent
 from flask import Blueprint, Flask, Response, current_app, has_app_context, request
 from werkzeug.datastructures import Headers
 from werkzeug.routing import WebsocketMismatch
@@ -33,6 +35,7 @@ from .handshake import (
     response_101,
     select_subprotocol,
 )
+from .options import UNSET, Options
 from .params import QueryParams
 from .registry import Registry, new_id
 from .wsgi import Transport, take_over
@@ -117,26 +120,32 @@ class WebSocket:
             ws.sync_broadcast(msg)
             return "sent"
 
+    Settings that are not passed come from the app's ``GEO_WS_<NAME>`` config (e.g.
+    ``GEO_WS_MAX_MESSAGE_SIZE``), else the default named here; see :meth:`options`.
+
     Args:
         app: a :class:`flask.Flask` app or a :class:`flask.Blueprint` (the endpoint
             exists on each app the blueprint is registered on, under its prefix).
         path: a Flask rule; converters land in ``ws.path_params``.
         endpoint: the Flask endpoint name (default: derived from ``path``).
         max_message_size: the largest message accepted, in bytes; a larger one closes
-            the connection with 1009. ``None`` accepts any size.
+            the connection with 1009. ``None`` accepts any size. Default 1 MiB.
         max_outbox_size: how many bytes may wait for a client that does not read
-            before it is closed with 1008.
+            before it is closed with 1008. Default 16 MiB.
         close_timeout: how long a closing handshake may take, in seconds; a client
-            that does not answer our Close by then is dropped.
+            that does not answer our Close by then is dropped. Default 5.
         ping_interval: seconds between keepalive pings (``None``: no pings). The
-            default keeps connections open through proxies that drop idle ones after 60 s.
+            default, 20, keeps connections open through proxies that drop idle ones
+            after 60 s.
         ping_timeout: seconds a client has to answer a ping before it is closed with
-            1011 "keepalive ping timeout".
+            1011 "keepalive ping timeout". Default 20.
         allowed_origins: if given, handshakes whose ``Origin`` is not listed get 403
-            (include ``None`` to accept clients that send no ``Origin``).
+            (include ``None`` to accept clients that send no ``Origin``). Default: any.
         subprotocols: the subprotocols this endpoint speaks, by preference; the first
-            one the client offers is chosen and lands in ``ws.subprotocol``.
+            one the client offers is chosen and lands in ``ws.subprotocol``. Default:
+            none.
         max_connections: beyond this many open connections, handshakes get 503.
+            Default: no limit.
         compression: ``"deflate"`` (or a :class:`~geo_ws.deflate.DeflateOptions` to tune
             window bits, memory level, context takeover and the size below which messages
             go uncompressed) negotiates permessage-deflate with clients that offer it;
@@ -156,36 +165,28 @@ class WebSocket:
         path: str,
         *,
         endpoint: str | None = None,
-        max_message_size: int | None = 2**20,
-        max_outbox_size: int = 16 * 2**20,
-        close_timeout: float = 5.0,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
-        allowed_origins: Collection[str | None] | None = None,
-        subprotocols: Sequence[str] = (),
-        max_connections: int | None = None,
-        compression: str | DeflateOptions | None = None,
+        max_message_size: int | None = UNSET,
+        max_outbox_size: int = UNSET,
+        close_timeout: float = UNSET,
+        ping_interval: float | None = UNSET,
+        ping_timeout: float = UNSET,
+        allowed_origins: Collection[str | None] | None = UNSET,
+        subprotocols: Sequence[str] = UNSET,
+        max_connections: int | None = UNSET,
+        compression: str | DeflateOptions | None = UNSET,
         decorators: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
         broker: Broker | str | None = None,
     ) -> None:
+        self._explicit = {
+            name: value
+            for name, value in locals().items()
+            if name in Options.names() and value is not UNSET
+        }
+        Options.resolve(self._explicit, {})  # fail now on a bad value, not at a handshake
+        self._options: WeakKeyDictionary[Flask, Options] = WeakKeyDictionary()
         self._broker_option = broker
         self.path = path
         """The URL rule of the endpoint."""
-        self.max_message_size = max_message_size
-        self.max_outbox_size = max_outbox_size
-        self.close_timeout = close_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.allowed_origins = allowed_origins
-        self.subprotocols = subprotocols
-        self.max_connections = max_connections
-        if compression == "deflate":
-            compression = DeflateOptions()
-        elif compression is not None and not isinstance(compression, DeflateOptions):
-            raise ValueError(
-                f"compression must be 'deflate', DeflateOptions or None, not {compression!r}"
-            )
-        self.compression: DeflateOptions | None = compression
         self.router_dependencies: dict[str, Any] = {}
         """What :meth:`inject` fed; handlers get it as ``router_dependencies``."""
         self._handlers: dict[str, _Handler] = {}
@@ -331,24 +332,38 @@ class WebSocket:
         """The ids of the clients connected to this endpoint, in this process."""
         return list(self._registry())
 
+    def options(self, app: Flask | None = None) -> Options:
+        """This endpoint's settings in ``app`` (default: the current app).
+
+        Each is what was passed to the constructor, else the app's ``GEO_WS_<NAME>``
+        config, else geo_ws's default; resolved on the app's first handshake.
+        """
+        if app is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        options = self._options.get(app)
+        if options is None:
+            options = self._options[app] = Options.resolve(self._explicit, app.config)
+        return options
+
     # -- serving -----------------------------------------------------------------------
 
     def _view(self, **path_params: Any) -> Response:
         """The Flask view: handshake, take the socket over, run the connection."""
         environ = request.environ
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        options = self.options(app)
         try:
             key = check_request(environ)
-            if self.allowed_origins is not None:
-                check_origin(environ, self.allowed_origins)
-            if self.max_connections is not None and len(self._registry()) >= self.max_connections:
-                raise HandshakeError(
-                    503, f"this endpoint is at its limit of {self.max_connections}"
-                )
-            subprotocol = select_subprotocol(environ, self.subprotocols)
+            if options.allowed_origins is not None:
+                check_origin(environ, options.allowed_origins)
+            limit = options.max_connections
+            if limit is not None and len(self._registry()) >= limit:
+                raise HandshakeError(503, f"this endpoint is at its limit of {limit}")
+            subprotocol = select_subprotocol(environ, options.subprotocols)
             negotiated = None
-            if self.compression is not None:
+            if options.compression is not None:
                 offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
-                negotiated = negotiate(offers, self.compression)
+                negotiated = negotiate(offers, options.compression)
             transport = take_over(environ)
             if transport is not None and transport.upgraded:
                 subprotocol = negotiated = None  # the server's own 101 offered neither
@@ -365,14 +380,13 @@ class WebSocket:
         connection = Connection(
             transport.sock,
             transport.recv,
-            max_message_size=self.max_message_size,
-            max_outbox_size=self.max_outbox_size,
-            close_timeout=self.close_timeout,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
+            max_message_size=options.max_message_size,
+            max_outbox_size=options.max_outbox_size,
+            close_timeout=options.close_timeout,
+            ping_interval=options.ping_interval,
+            ping_timeout=options.ping_timeout,
             deflate=negotiated[1] if negotiated else None,
         )
-        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         connector = WebSocketConnector(self, _app_state(app), connection, path_params)
         connector.subprotocol = subprotocol
         headers = [("Sec-WebSocket-Protocol", subprotocol)] if subprotocol else []
@@ -487,6 +501,39 @@ class WebSocketConnector:
         self._connection.request_close(code, reason)
         self._registry.remove(self.id)
 
+    def receive(self, timeout: float | None = None) -> str | bytes:
+        """Wait for this client's next message: the blocking-loop style.
+
+        For apps that prefer a loop to callbacks, inside the connect handler::
+
+            @websocket.on("connect")
+            def connect(ws):
+                while True:
+                    ws.sync_send_to(ws.id, ws.receive().upper())
+
+        Messages taken here do not reach the message handler.
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits for ever.
+
+        Raises:
+            ConnectionClosed: the client closed (its code), the connection was lost
+                (1006) or failed, or :meth:`close` was called (the code asked for).
+            TimeoutError: no message came within ``timeout``.
+        """
+        # gevent's own Timeout, not TimeoutError: the socket layer takes any OSError for
+        # a lost connection.
+        expiry = gevent.Timeout(timeout)
+        expiry.start()
+        try:
+            return self._connection.receive_or_closed()
+        except gevent.Timeout as expired:
+            if expired is not expiry:
+                raise
+            raise TimeoutError(f"no message within {timeout} s") from None
+        finally:
+            expiry.close()
+
     # -- rooms -------------------------------------------------------------------------
 
     def join(self, room: str) -> None:
@@ -550,6 +597,10 @@ class WebSocketConnector:
                 result = run_coroutine(result)
             if deliver and result is not None:
                 self._send_result(event, result)
+        except ConnectionClosed:
+            # From ws.receive(): the connection ended while the handler waited on it.
+            # Not an error; the session sees the same ending and closes accordingly.
+            pass
         except Exception:
             logger.exception("the %s handler of WebSocket %s failed", event, self._endpoint.path)
             self._connection.request_close(1011, "internal server error", error=True)

@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, abort, current_app, g, request, session
 from gevent.event import Event
 from gevent.monkey import get_original
 
-from geo_ws import WebSocket, run_blocking
+from geo_ws import ConnectionClosed, WebSocket, run_blocking
 from geo_ws.frames import Opcode
 from geo_ws.protocol import Message, Ping, Pong
 
@@ -847,3 +847,56 @@ def test_a_responsive_client_stays_and_latency_is_measured(app: Flask, serve) ->
         break
     latency = float(event.data)
     assert 0 <= latency < 0.1
+
+
+# -- the blocking-loop style ------------------------------------------------------------
+
+
+def test_receive_in_a_loop_inside_the_connect_handler(app: Flask, serve) -> None:
+    websocket = WebSocket(app, "/ws")
+    ended: list[int] = []
+    closed = Event()
+
+    @websocket.on("connect")
+    def connect_(ws):
+        try:
+            while True:
+                message = ws.receive()
+                ws.sync_send_to(ws.id, message.upper())
+        except ConnectionClosed as error:
+            ended.append(error.code)
+            raise
+
+    websocket.on("message")(lambda: "never: the loop takes every message")
+    websocket.on("close")(lambda: closed.set())
+    client = RawClient(serve(app), "/ws")
+    for word in ("one", "two"):
+        client.send_text(word)
+        assert client.recv() == word.upper()
+    client.send_close(4100, "done")
+    assert client.recv_close().code == 4100
+    assert closed.wait(WAIT)
+    assert ended == [4100]
+
+
+def test_receive_times_out_and_ends_when_closed_from_elsewhere(app: Flask, serve) -> None:
+    websocket = WebSocket(app, "/ws")
+    outcomes: list[str] = []
+
+    @websocket.on("connect")
+    def connect_(ws):
+        try:
+            ws.receive(timeout=0.05)
+        except TimeoutError:
+            outcomes.append("timeout")
+        ws.sync_send_to(ws.id, ws.id)
+        try:
+            ws.receive()
+        except ConnectionClosed as error:
+            outcomes.append(f"closed {error.code}")
+
+    client = RawClient(serve(app), "/ws")
+    client_id = client.recv()
+    assert websocket.close(client_id, 4200, "from a view")
+    assert client.recv_close().code == 4200
+    assert outcomes == ["timeout", "closed 4200"]
