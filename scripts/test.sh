@@ -17,4 +17,8 @@ if ((${#missing[@]})); then
 fi
 
 python -m pip install -q -e '.[test]'
+# Style and types first: they take seconds and fail with the clearest messages.
+python -m ruff check geo_ws tests examples scripts
+python -m ruff format --check geo_ws tests examples scripts
+python -m mypy
 python -m pytest "$@"
