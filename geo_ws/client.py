@@ -28,13 +28,14 @@ import base64
 import errno
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from ssl import SSLWantReadError, SSLWantWriteError
 from time import monotonic
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from gevent import getcurrent, spawn
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.event import Event
@@ -333,12 +334,15 @@ class ClientConnection:
         self._protocol = Protocol(client=True, max_message_size=max_message_size)
         self._inbox: deque[str | bytes] = deque()
         self._write_lock = Semaphore()
+        self._blocked_writers = 0  # greenlets holding or waiting for the write lock
         self._reading = False
         # Set by send(): a reply cannot be there yet, so recv() waits before reading.
         self._awaiting_reply = False
         # Set by close() while it reads the rest of the stream itself.
         self._draining = False
         self._pings: dict[bytes, Event] = {}
+        self._on_message: Callable[[str | bytes], None] | None = None  # _deliver() mode
+        self._on_closed: Callable[[], None] | None = None
         self._done = Event()  # the socket is closed
         if received:
             self._handle(self._protocol.receive_data(received))
@@ -415,24 +419,55 @@ class ClientConnection:
         Raises:
             ConnectionClosedError: the socket failed.
         """
+        sock = self._sock
         try:
-            with self._write_lock:
-                sock = self._sock
+            sent = 0
+            if not self._blocked_writers:
+                # Nobody waits to write: a send that takes the whole frame needs no lock
+                # (greenlets only switch when one blocks), which is the usual case.
                 try:
                     sent = sock.send(frame)
                 except (BlockingIOError, SSLWantWriteError, SSLWantReadError):
-                    sent = 0
-                if sent < len(frame):
-                    rest = memoryview(frame)[sent:]
-                    while rest:
-                        self._wait(self._write_watcher, None)
-                        try:
-                            rest = rest[sock.send(rest) :]
-                        except (BlockingIOError, SSLWantWriteError, SSLWantReadError):
-                            pass
+                    pass
+                if sent == len(frame):
+                    return
+            # The kernel's buffer is full: wait for room, in turn with other writers.
+            self._blocked_writers += 1
+            if getcurrent() is self._hub:
+                # A _deliver() callback cannot wait: a greenlet finishes the write.
+                spawn(self._finish_write, frame, sent)
+                return
+            try:
+                self._write_rest(frame, sent)
+            finally:
+                self._blocked_writers -= 1
         except OSError as exc:
             self._abort(1006, f"connection lost: {exc}")
             raise self._closed_error() from exc
+
+    def _write_rest(self, frame: bytes, sent: int) -> None:
+        """Write ``frame[sent:]``, waiting for room, in turn with other writers.
+
+        Raises:
+            OSError: the socket failed.
+        """
+        with self._write_lock:
+            rest = memoryview(frame)[sent:]
+            while rest:
+                self._wait(self._write_watcher, None)
+                try:
+                    rest = rest[self._sock.send(rest) :]
+                except (BlockingIOError, SSLWantWriteError, SSLWantReadError):
+                    pass
+
+    def _finish_write(self, frame: bytes, sent: int) -> None:
+        """The rest of a write started in the hub (its writer is already counted)."""
+        try:
+            self._write_rest(frame, sent)
+        except OSError as exc:
+            self._abort(1006, f"connection lost: {exc}")
+        finally:
+            self._blocked_writers -= 1
 
     def _write_quietly(self, frame: bytes) -> None:
         """Write a control frame on the read path, where a failed write shows up later."""
@@ -484,7 +519,9 @@ class ClientConnection:
         if inbox:
             return inbox.popleft()
         deadline = None if timeout is None else monotonic() + timeout
-        self._start_reading()
+        if self._reading:
+            raise InvalidState("another greenlet is already reading this connection")
+        self._reading = True
         try:
             while not inbox:
                 self._receive(deadline)
@@ -512,18 +549,24 @@ class ClientConnection:
             # an exception per message): wait first. TLS may hold decrypted bytes that
             # the socket does not show, so it always reads first.
             if not self._tls and (deadline is None or deadline - monotonic() > 0.001):
-                self._wait(self._read_watcher, deadline)
-                return
+                self._wait(self._read_watcher, deadline)  # then read below
+        blocked_on = self._read_once()
+        if blocked_on is not None:
+            self._wait(blocked_on, deadline)  # the caller loops: it reads again next
+
+    def _read_once(self) -> Any:
+        """Read what the socket has, without waiting, and act on it.
+
+        Returns:
+            None after progress (bytes or the end of the stream), else the watcher to
+            wait on: the read watcher, or the write one when TLS must write first.
+        """
         try:
             data = self._sock.recv(READ_SIZE)
         except (BlockingIOError, SSLWantReadError):
-            # The caller loops: reading again is its next call. (TimeoutError, raised
-            # here, is an OSError too: it must not reach the clause below.)
-            self._wait(self._read_watcher, deadline)
-            return
+            return self._read_watcher
         except SSLWantWriteError:  # TLS wants to write first (rare)
-            self._wait(self._write_watcher, deadline)
-            return
+            return self._write_watcher
         except OSError:
             data = b""  # a reset, or closed by another greenlet: an end of stream
         protocol = self._protocol
@@ -532,13 +575,63 @@ class ClientConnection:
             # Fast path: one data message, the usual case under load.
             if len(events) == 1 and type(events[0]) is Message:
                 self._inbox.append(events[0].data)
-                return
+                return None
         else:
             events = protocol.receive_eof()
             if not events:  # after the server's Close: the stream is over
                 self._shutdown()
-                return
+                return None
         self._handle(events)
+        return None
+
+    # --- callbacks (the load tool's closed loops) -----------------------------------------------
+
+    def _deliver(
+        self, on_message: Callable[[str | bytes], None], on_closed: Callable[[], None]
+    ) -> None:
+        """Internal: hand every message to ``on_message`` as it arrives, instead of :meth:`recv`.
+
+        The callbacks run in gevent's hub (no greenlet switch per message, which is what
+        ``geo-ws load``'s ``echo`` saves): they must not block, but they may :meth:`send`.
+        Pings are answered as usual; ``on_closed()`` runs once the connection is over.
+        Used by :mod:`geo_ws.load`; not part of the client's API.
+
+        Raises:
+            InvalidState: a greenlet is already reading.
+        """
+        self._start_reading()
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._read_watcher.start(self._pump)
+        self._pump_messages()
+
+    def _pump(self) -> None:
+        """The read watcher's callback in :meth:`_deliver` mode (runs in the hub)."""
+        if self._read_once() is self._write_watcher:
+            # TLS wants to write before it reads: let a greenlet wait for that.
+            self._read_watcher.stop()
+            spawn(self._resume_pump)
+            return
+        self._pump_messages()
+
+    def _resume_pump(self) -> None:
+        try:
+            self._wait(self._write_watcher, None)
+        finally:
+            if not self._done.is_set():
+                self._read_watcher.start(self._pump)
+
+    def _pump_messages(self) -> None:
+        """Hand queued messages to the callback; once closed, call ``on_closed``."""
+        inbox, on_message = self._inbox, self._on_message
+        assert on_message is not None
+        while inbox:
+            on_message(inbox.popleft())
+        if self.close_code is not None and self._on_closed is not None:
+            on_closed, self._on_closed = self._on_closed, None
+            self._read_watcher.stop()
+            self._reading = False
+            on_closed()
 
     def _handle(self, events: list[ProtocolEvent]) -> None:
         """Act on parsed events: queue messages, answer pings and the closing handshake."""
@@ -686,6 +779,10 @@ class ClientConnection:
         if self._done.is_set():
             return
         self._done.set()
+        if self._on_closed is not None:
+            # _deliver mode: nobody waits, nothing to cancel; on_closed runs in the hub.
+            self._read_watcher.stop()
+            self._hub.loop.run_callback(self._pump_messages)
         # A greenlet still waiting on this socket would otherwise wait forever.
         for watcher in (self._read_watcher, self._write_watcher):
             self._hub.cancel_wait(watcher, _CANCELLED, True)

@@ -598,8 +598,57 @@ def echo(runner: Runner) -> None:
     runner.spawn_users(runner.options.connections, partial(_echo_user, runner, payload))
 
 
+class _EchoLoop:
+    """One connection's closed loop, run by callbacks in gevent's hub.
+
+    The connection hands each reply to :meth:`on_message`, which records it and sends
+    the next message at once: no greenlet switch per message, which is most of what a
+    round trip costs the tool in Python. The user's greenlet only watches for the end.
+    """
+
+    __slots__ = ("append", "conn", "done", "failure", "in_flight", "payload", "runner", "sent_at")
+
+    def __init__(self, runner: Runner, conn: ClientConnection, payload: str | bytes) -> None:
+        self.runner = runner
+        self.conn = conn
+        self.payload = payload
+        self.append = runner.samples("echo").append
+        self.sent_at = 0.0
+        self.in_flight = False
+        self.failure: BaseException | None = None
+        self.done = Event()
+
+    def next(self) -> None:
+        """Send the next message, or end the loop once the run is over or the budget spent."""
+        runner = self.runner
+        if not (runner.active and (runner.remaining is None or runner.take())):
+            self.done.set()
+            return
+        self.in_flight = True
+        self.sent_at = clock()
+        try:
+            self.conn.send(self.payload)
+        except FAILURES as exc:
+            self.end(exc)
+
+    def on_message(self, message: str | bytes) -> None:
+        self.append(clock() - self.sent_at)
+        self.in_flight = False
+        if message != self.payload:
+            self.runner.part.errors["mismatch"] += 1  # even after the end: a wrong echo
+        self.next()
+
+    def on_closed(self) -> None:
+        conn = self.conn
+        self.end(ConnectionClosed.for_code(conn.close_code or 1006, conn.close_reason or ""))
+
+    def end(self, failure: BaseException) -> None:
+        if not self.done.is_set():
+            self.failure = failure
+            self.done.set()
+
+
 def _echo_user(runner: Runner, payload: str | bytes, index: int) -> None:
-    append = runner.samples("echo").append
     timeout = runner.options.timeout
     backoff = _Backoff()
     while runner.active:
@@ -607,21 +656,20 @@ def _echo_user(runner: Runner, payload: str | bytes, index: int) -> None:
         if conn is None:
             runner.sleep(backoff.failed())
             continue
-        send, recv, take = conn.send, conn.recv, runner.take
+        loop = _EchoLoop(runner, conn, payload)
         try:
-            # The hot loop of the tool: keep it to the bare calls.
-            while runner.active and take():
-                start = clock()
-                send(payload)
-                reply = recv(timeout)
-                append(clock() - start)
-                if reply != payload:
-                    runner.part.errors["mismatch"] += 1  # even after the end: a wrong echo
-            backoff.succeeded()
-        except FAILURES as exc:
-            # A timed-out echo may still arrive: only a new connection is in step again.
-            runner.fail(exc)
-            runner.sleep(backoff.failed())
+            conn._deliver(loop.on_message, loop.on_closed)
+            loop.next()
+            # The loop runs in the hub; this greenlet watches for a reply that never comes.
+            while not loop.done.wait(min(timeout, 1.0)):
+                if loop.in_flight and clock() - loop.sent_at > timeout:
+                    # A late echo may still arrive: only a new connection is in step again.
+                    loop.end(TimeoutError("no echo within the timeout"))
+            if loop.failure is None:
+                backoff.succeeded()
+            else:
+                runner.fail(loop.failure)
+                runner.sleep(backoff.failed())
         finally:
             runner.release(conn)
 
@@ -664,41 +712,60 @@ def _parse_sequence(message: str | bytes) -> int:
         raise Mismatch("not a message of this run") from None
 
 
+class _Receiver:
+    """One receiver of ``broadcast``: its messages are counted by callbacks in the hub."""
+
+    __slots__ = ("completions", "deliveries", "expected", "index", "runner", "state")
+
+    def __init__(self, runner: Runner, state: _Broadcasts, index: int) -> None:
+        self.runner = runner
+        self.state = state
+        self.index = index
+        self.deliveries = runner.samples("delivery").append
+        self.completions = runner.samples("broadcast").append
+        self.expected = 0  # one sender, so every receiver sees the sequence in order
+
+    def on_message(self, message: str | bytes) -> None:
+        now = clock()
+        state, part = self.state, self.runner.part
+        try:
+            seq = _parse_sequence(message)
+            if seq >= len(state.counts):
+                raise Mismatch("a sequence number that was not sent")
+        except Mismatch as exc:
+            self.runner.fail(exc)
+            return
+        if seq < 0:
+            state.probed.add(self.index)
+            state.progress.set()
+            return
+        if seq < self.expected:
+            part.counters["duplicated"] += 1
+            part.errors["duplicated"] += 1
+            return
+        self.expected = seq + 1
+        count = state.counts[seq] = state.counts[seq] + 1
+        part.counters["deliveries"] += 1
+        latency = now - state.sent_at[seq]
+        self.deliveries(latency)
+        if count == state.receivers:
+            self.completions(latency)
+            state.completed += 1
+            state.progress.set()
+
+
 def _receiver(runner: Runner, state: _Broadcasts, index: int) -> None:
     conn = runner.connect()
     if conn is None:
         return
     state.connected += 1
     state.progress.set()
-    counts, sent_at, counters = state.counts, state.sent_at, runner.part.counters
-    deliveries = runner.samples("delivery").append
-    completions = runner.samples("broadcast").append
-    expected = 0  # one sender, so every receiver sees the sequence in order
+    closed = Event()
     try:
-        while True:  # until the run closes the connection
-            message = conn.recv()
-            now = clock()
-            seq = _parse_sequence(message)
-            if seq < 0:
-                state.probed.add(index)
-                state.progress.set()
-                continue
-            if seq >= len(counts):
-                raise Mismatch("a sequence number that was not sent")
-            if seq < expected:
-                counters["duplicated"] += 1
-                runner.part.errors["duplicated"] += 1
-                continue
-            expected = seq + 1
-            count = counts[seq] = counts[seq] + 1
-            counters["deliveries"] += 1
-            deliveries(now - sent_at[seq])
-            if count == state.receivers:
-                completions(now - sent_at[seq])
-                state.completed += 1
-                state.progress.set()
-    except FAILURES as exc:
-        runner.fail(exc)
+        # Counted in the hub as messages arrive; this greenlet waits for the end.
+        conn._deliver(_Receiver(runner, state, index).on_message, closed.set)
+        closed.wait()  # the run's end closes the connection, or the server does
+        runner.fail(f"closed {conn.close_code}")  # counted only before the end
     finally:
         runner.release(conn)
 

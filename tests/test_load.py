@@ -50,7 +50,7 @@ class App:
         self.flask = Flask(__name__)
         self.echoed = 0
         self.busy = Event()  # set once /echo has echoed 200 messages
-        echo = WebSocket(self.flask, "/echo")
+        echo = WebSocket(self.flask, "/echo", max_message_size=2**25)
 
         @echo.on("message")
         def on_echo(msg: str | bytes) -> str | bytes:
@@ -140,6 +140,15 @@ def test_echo_count_bound_binary_and_warmup(address: str, app: App) -> None:
     assert 0 < warm["steps"]["echo"]["count"] < app.echoed - 150
     assert warm["steps"]["connect"]["count"] == 2
     assert 0.4 < warm["duration_s"] < 0.8
+
+
+def test_echo_of_messages_larger_than_the_send_buffer(address: str, app: App) -> None:
+    # Replies arrive in the hub, which cannot wait for room to send: a greenlet does.
+    summary = figures(
+        Options(f"ws://{address}/echo", connections=2, messages=4, size=12 * 2**20, binary=True)
+    )
+    assert summary["steps"]["echo"]["count"] == app.echoed == 4
+    assert summary["errors"]["total"] == 0
 
 
 def test_echo_mismatches_are_errors(address: str) -> None:
