@@ -128,6 +128,13 @@ class Connection:
         deflate: PerMessageDeflate | None = None,
     ) -> None:
         self.sock = sock
+        try:
+            # Frames are whole messages and bursts are already joined into one write
+            # (see _write): Nagle's algorithm would only hold small frames back until
+            # the peer's delayed ACK, milliseconds later.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a Unix socket, a socketpair)
         self._recv = recv or sock.recv
         self._fd = sock.fileno()
         # gevent keeps descriptors non-blocking; os.write on one never switches greenlets.
@@ -141,6 +148,8 @@ class Connection:
         self._outbox: deque[bytes | memoryview] = deque()
         self._outbox_bytes = 0
         self._writer: Greenlet[Any, None] | None = None
+        self._flush_pending = False  # a _flush callback is scheduled
+        self._loop = gevent.get_hub().loop
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._lost = False
         self._ended: ConnectionClosed | None = None  # how receiving ended, once it has
@@ -193,12 +202,40 @@ class Connection:
         return True
 
     def _write(self, data: bytes | memoryview) -> None:
-        """Write now if nothing is queued and the kernel takes it, else queue it."""
+        """Queue bytes; they leave in one write when this turn of the event loop ends.
+
+        Frames sent in a burst (a broadcast round, a handler sending several messages)
+        so cost one system call per connection instead of one per frame, and no
+        greenlet switch while the kernel buffer has room.
+        """
         if self._lost:
             return
-        if self._outbox or not self._direct:
-            self._queue(data)
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
+        if self._writer is None and not self._flush_pending:
+            if self._direct:
+                self._flush_pending = True
+                self._loop.run_callback(self._flush)
+            else:
+                self._writer = gevent.spawn(self._drain)
+
+    def _flush(self) -> None:
+        """Write what is queued in one ``os.write``; leave the rest to the writer greenlet.
+
+        Runs as a loop callback (or directly before closing); never switches greenlets.
+        """
+        self._flush_pending = False
+        outbox = self._outbox
+        if self._lost or self._writer is not None or not outbox:
             return
+        if len(outbox) == 1:
+            data = outbox.popleft()
+        else:
+            batch, size = [], 0
+            while outbox and size < BATCH_SIZE:
+                size += len(outbox[0])
+                batch.append(outbox.popleft())
+            data = b"".join(batch)
         try:
             sent = os.write(self._fd, data)
         except BlockingIOError:
@@ -206,13 +243,10 @@ class Connection:
         except OSError:
             self._connection_lost()
             return
+        self._outbox_bytes -= sent
         if sent < len(data):
-            self._queue(memoryview(data)[sent:])
-
-    def _queue(self, data: bytes | memoryview) -> None:
-        self._outbox.append(data)
-        self._outbox_bytes += len(data)
-        if self._writer is None:
+            outbox.appendleft(memoryview(data)[sent:])
+        if outbox:
             self._writer = gevent.spawn(self._drain)
 
     def _drain(self) -> None:
@@ -426,6 +460,8 @@ class Connection:
             return
         self._tcp_closed = True
         self._disarm()
+        if self._outbox and self._writer is None:
+            self._flush()  # now, rather than in a callback after the socket is gone
         writer = self._writer
         if writer is not None and not self._lost:
             writer.join(deadline.remaining())

@@ -54,11 +54,18 @@ def pair() -> Iterator[tuple[Connection, Peer]]:
     client.close()
 
 
-def test_a_send_lands_in_the_kernel_buffer_at_once(pair: tuple[Connection, Peer]) -> None:
+def test_a_burst_of_sends_leaves_in_one_write_at_the_end_of_the_turn(
+    pair: tuple[Connection, Peer],
+) -> None:
     connection, peer = pair
-    assert connection.send("hello")
-    # No greenlet switch happened: the frame is already readable on the other end.
-    assert peer.sock.recv(100, socket.MSG_DONTWAIT) == Outgoing("hello").frame
+    for word in ("one", "two", "three"):
+        assert connection.send(word)
+    peer.sock.settimeout(0.0)
+    with pytest.raises(BlockingIOError):
+        peer.sock.recv(100)  # nothing written while the sender keeps the turn
+    gevent.sleep(0)  # the turn ends: one write carries the whole burst
+    expected = b"".join(Outgoing(word).frame for word in ("one", "two", "three"))
+    assert peer.sock.recv(100) == expected
 
 
 def test_what_the_kernel_cannot_take_waits_in_order(pair: tuple[Connection, Peer]) -> None:
