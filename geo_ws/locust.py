@@ -71,6 +71,9 @@ class WebSocketSession:
     def __init__(self, user: WebSocketUser) -> None:
         self.user = user
         self.connection: ClientConnection | None = None
+        # Whether a failed step has told the user that this connection closed: only then
+        # does the next step reopen it, so every lost connection shows up once.
+        self._close_reported = False
         """The current connection, or None before :meth:`connect`."""
         self.path = ""
         """The path the connection was opened with (the default request name)."""
@@ -107,6 +110,8 @@ class WebSocketSession:
         self, request_type: str, name: str | None, start: float, exc: Exception
     ) -> NoReturn:
         """Record a failed step and end the task."""
+        if isinstance(exc, ConnectionClosed):
+            self._close_reported = True
         self._fire(request_type, name, start, exception=exc)
         raise RescheduleTask() from exc
 
@@ -137,6 +142,7 @@ class WebSocketSession:
     def _open(self, name: str | None) -> ClientConnection:
         start = perf_counter()
         try:
+            self._close_reported = False
             self.connection = connect(
                 self.base_url + self.path, timeout=self.user.timeout, **self._connect_options
             )
@@ -154,7 +160,7 @@ class WebSocketSession:
         """
         if self.connection is None:
             raise RuntimeError("call client.connect(path) first, e.g. in on_start")
-        if self.connection.closed:
+        if self.connection.closed and self._close_reported:
             return self._open(name)
         return self.connection
 
