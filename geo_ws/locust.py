@@ -71,10 +71,10 @@ class WebSocketSession:
     def __init__(self, user: WebSocketUser) -> None:
         self.user = user
         self.connection: ClientConnection | None = None
+        """The current connection, or None before :meth:`connect`."""
         # Whether a failed step has told the user that this connection closed: only then
         # does the next step reopen it, so every lost connection shows up once.
         self._close_reported = False
-        """The current connection, or None before :meth:`connect`."""
         self.path = ""
         """The path the connection was opened with (the default request name)."""
         self._connect_options: dict[str, Any] = {}
