@@ -1,7 +1,9 @@
 """``geo-ws load``: scripted load tests of WebSocket endpoints, on gevent.
 
-One process drives thousands of connections, each a greenlet running plain
-synchronous code with :mod:`geo_ws.client`. Built-in scenarios:
+One process drives thousands of connections with :mod:`geo_ws.client`: each user is a
+greenlet running plain synchronous code, except the hot loops of ``echo`` and of the
+``broadcast`` receivers, which run as callbacks in gevent's hub (no greenlet switch per
+message, the biggest cost of a round trip in Python). Built-in scenarios:
 
 - ``echo``: C connections in closed loops (send, wait for the echo, check it byte for
   byte, repeat);
@@ -370,6 +372,7 @@ class Runner:
         self.group = Group()
         """Every greenlet of the run."""
         self.remaining = options.messages
+        """What is left of the ``-n`` budget; None without one."""
         self.at_stop: Callable[[], None] | None = None
         """Called once the run is over, before the connections are closed; by default
         users get one second to finish their iteration."""
