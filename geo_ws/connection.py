@@ -138,7 +138,8 @@ class Connection:
         self._recv = recv or sock.recv
         self._fd = sock.fileno()
         # gevent keeps descriptors non-blocking; os.write on one never switches greenlets.
-        self._direct = not os.get_blocking(self._fd)
+        # Not under TLS: the bytes must go through the TLS layer, i.e. the socket's send.
+        self._direct = not os.get_blocking(self._fd) and not hasattr(sock, "getpeercert")
         self.protocol = Protocol(max_message_size=max_message_size, deflate=deflate)
         self.deflate = deflate
         """The permessage-deflate state negotiated in the handshake, if any."""

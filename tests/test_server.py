@@ -240,3 +240,33 @@ def test_frames_sent_right_behind_the_handshake_are_not_lost(serve: Serve) -> No
             events += protocol.receive_data(sock.recv(4096))
     assert events[:2] == [Message("welcome"), Message("eager")]
     sock.close()
+
+
+def test_websockets_over_tls(tmp_path: Any) -> None:
+    import ssl
+
+    from geo_ws.client import connect as wss_connect
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = Server(("127.0.0.1", 0), closing_app, log=None, ssl_context=server_context)
+    server.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        url = f"wss://127.0.0.1:{server.address[1]}/ws"
+        with wss_connect(url, ssl_context=context, timeout=WAIT) as client:
+            assert client.recv(timeout=WAIT) == "welcome"
+            for size in (10, 100_000):  # small frames and one larger than a TLS record
+                client.send("x" * size)
+                assert client.recv(timeout=WAIT) == "x" * size
+    finally:
+        server.shutdown(timeout=1)
