@@ -343,17 +343,21 @@ class Connection:
         return self.protocol.receive_data(data)
 
     @property
-    def ended(self) -> ConnectionClosed | None:
-        """How receiving ended (the peer's Close, a loss, a failure), once it has."""
-        return self._ended
+    def echo_code(self) -> int | None:
+        """The code to answer the peer's Close with: its own, or none if it sent none."""
+        ended = self._ended
+        return None if ended is None or ended.code in (1005, 1006) else ended.code
 
-    def receive_or_closed(self) -> str | bytes:
-        """Like :meth:`receive`, but a requested close also ends as ``ConnectionClosed``.
+    def receive_or_closed(self, timeout: float | None = None) -> str | bytes:
+        """Like :meth:`receive`, for application code: it never sees :class:`Interrupted`.
 
-        For application code: it never sees :class:`Interrupted`.
+        Raises:
+            ConnectionClosed: as :meth:`receive`, and also for a requested close.
+            TimeoutError: no message within ``timeout`` seconds (``None``: no limit).
         """
         try:
-            return self.receive()
+            with _bounded(timeout, TimeoutError(f"no message within {timeout} s")):
+                return self.receive()
         except Interrupted:
             code, reason, _ = self.close_request or (1000, "", False)
             raise ConnectionClosed.for_code(code, reason) from None
@@ -495,8 +499,12 @@ class Connection:
 
 
 @contextmanager
-def _bounded(seconds: float) -> Iterator[None]:
-    """Run the block for at most ``seconds``; running out is not an error."""
+def _bounded(seconds: float | None, error: Exception | None = None) -> Iterator[None]:
+    """Run the block for at most ``seconds``; then raise ``error``, or just stop if None.
+
+    gevent's own Timeout does the waiting: the socket layer takes any OSError, the
+    builtin TimeoutError included, for a lost connection.
+    """
     timeout = gevent.Timeout(seconds)
     timeout.start()
     try:
@@ -504,6 +512,8 @@ def _bounded(seconds: float) -> Iterator[None]:
     except gevent.Timeout as expired:
         if expired is not timeout:
             raise
+        if error is not None:
+            raise error from None
     finally:
         timeout.close()
 

@@ -123,8 +123,5 @@ class LegacyWebSocket:
         A client's Close is answered with its own code.
         """
         connection = self._connection
-        if connection is None:
-            return
-        ended = connection.ended
-        peer_code = ended.code if ended is not None and ended.code not in (1005, 1006) else None
-        self.close(peer_code or 1000)
+        if connection is not None:
+            self.close(connection.echo_code or 1000)

@@ -18,7 +18,6 @@ from functools import cached_property
 from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
-import gevent
 from flask import Blueprint, Flask, Response, current_app, has_app_context, request
 from werkzeug.datastructures import Headers
 from werkzeug.routing import WebsocketMismatch
@@ -521,18 +520,7 @@ class WebSocketConnector:
                 (1006) or failed, or :meth:`close` was called (the code asked for).
             TimeoutError: no message came within ``timeout``.
         """
-        # gevent's own Timeout, not TimeoutError: the socket layer takes any OSError for
-        # a lost connection.
-        expiry = gevent.Timeout(timeout)
-        expiry.start()
-        try:
-            return self._connection.receive_or_closed()
-        except gevent.Timeout as expired:
-            if expired is not expiry:
-                raise
-            raise TimeoutError(f"no message within {timeout} s") from None
-        finally:
-            expiry.close()
+        return self._connection.receive_or_closed(timeout)
 
     # -- rooms -------------------------------------------------------------------------
 
@@ -557,17 +545,12 @@ class WebSocketConnector:
         connection = self._connection
         self._broker.listen()  # from now on, sends from other processes arrive here
         self._registry.add(self.id, connection)
-        peer_code: int | None = None
         try:
             self._dispatch("connect", "")
             while connection.close_request is None:
                 try:
                     message = connection.receive()
-                except Interrupted:
-                    break
-                except ConnectionClosed as closed:
-                    # Answer a Close with its own code; none if it came without one.
-                    peer_code = None if closed.code in (1005, 1006) else closed.code
+                except (Interrupted, ConnectionClosed):
                     break
                 self._dispatch("message", message)
         except BaseException:
@@ -584,7 +567,7 @@ class WebSocketConnector:
         if request_ is not None:
             connection.close(request_[0], request_[1])
         else:
-            connection.close(peer_code, "")
+            connection.close(connection.echo_code, "")
 
     def _dispatch(self, event: str, message: str | bytes, *, deliver: bool = True) -> None:
         """Run the ``event`` handler; send what it returns; on error, close with 1011."""
