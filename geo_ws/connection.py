@@ -37,6 +37,12 @@ READ_SIZE = 65536
 BATCH_SIZE = 65536
 
 
+# Shared by connections with nothing to send (most of them, most of the time): a
+# deque costs over 600 bytes. Never appended to: _write swaps in a connection's own.
+_NO_OUTBOX: deque[bytes | memoryview] = deque()
+_NO_EVENTS: Iterator[Event] = iter(())
+
+
 class Outgoing:
     """One message on its way to one or many connections, encoded once.
 
@@ -115,6 +121,35 @@ class Connection:
         deflate: the permessage-deflate state negotiated in the handshake, if any.
     """
 
+    # Slots: a server holds thousands of these, mostly idle.
+    __slots__ = (
+        "_direct",
+        "_ended",
+        "_events",
+        "_fd",
+        "_flush_pending",
+        "_loop",
+        "_lost",
+        "_outbox",
+        "_outbox_bytes",
+        "_overflowed",
+        "_ping",
+        "_reading",
+        "_recv",
+        "_tcp_closed",
+        "_timer",
+        "_writer",
+        "close_request",
+        "close_timeout",
+        "deflate",
+        "latency",
+        "max_outbox_size",
+        "ping_interval",
+        "ping_timeout",
+        "protocol",
+        "sock",
+    )
+
     def __init__(
         self,
         sock: socket.socket,
@@ -145,8 +180,8 @@ class Connection:
         """The permessage-deflate state negotiated in the handshake, if any."""
         self.max_outbox_size = max_outbox_size
         self.close_timeout = close_timeout
-        self._events: deque[Event] = deque()
-        self._outbox: deque[bytes | memoryview] = deque()
+        self._events = _NO_EVENTS  # parsed, not yet handled: resumes where it stopped
+        self._outbox = _NO_OUTBOX
         self._outbox_bytes = 0
         self._writer: Greenlet[Any, None] | None = None
         self._flush_pending = False  # a _flush callback is scheduled
@@ -175,6 +210,14 @@ class Connection:
     def can_send(self) -> bool:
         """Whether data frames may still be sent (no Close sent, TCP not lost)."""
         return not (self.protocol.close_sent or self._lost or self._overflowed)
+
+    def send_handshake(self, response: bytes) -> None:
+        """Send the handshake's ``101`` response, ahead of every frame.
+
+        It leaves like frames do, in the write that ends this turn of the event loop,
+        so a connect handler's first message usually shares its system call.
+        """
+        self._write(response)
 
     def send(self, data: str | bytes | bytearray | memoryview) -> bool:
         """Send one message: ``str`` as text, anything bytes-like as binary.
@@ -211,7 +254,10 @@ class Connection:
         """
         if self._lost:
             return
-        self._outbox.append(data)
+        outbox = self._outbox
+        if outbox is _NO_OUTBOX:
+            outbox = self._outbox = deque()
+        outbox.append(data)
         self._outbox_bytes += len(data)
         if self._writer is None and not self._flush_pending:
             if self._direct:
@@ -249,6 +295,8 @@ class Connection:
             outbox.appendleft(memoryview(data)[sent:])
         if outbox:
             self._writer = gevent.spawn(self._drain)
+        else:
+            self._outbox = _NO_OUTBOX
 
     def _drain(self) -> None:
         """The writer greenlet: empties the outbox, then exits."""
@@ -274,6 +322,8 @@ class Connection:
             self._connection_lost()
         finally:
             self._writer = None
+            if not self._outbox:
+                self._outbox = _NO_OUTBOX
 
     def _overflow(self) -> None:
         """The client does not read fast enough: drop what waits and close with 1008."""
@@ -290,7 +340,8 @@ class Connection:
 
     def _connection_lost(self) -> None:
         self._lost = True
-        self._outbox.clear()
+        self._outbox.clear()  # also ends a writer's loop over it
+        self._outbox = _NO_OUTBOX
         self._outbox_bytes = 0
 
     # -- receiving ---------------------------------------------------------------------
@@ -307,10 +358,8 @@ class Connection:
         """
         if self._ended is not None:
             raise self._ended  # told once already: tell every later caller the same
-        events = self._events
         while True:
-            while events:
-                event = events.popleft()
+            for event in self._events:
                 if type(event) is Message:
                     return event.data
                 if type(event) is Ping:
@@ -326,7 +375,7 @@ class Connection:
                     raise self._ended
             if self.close_request is not None:
                 raise Interrupted
-            events.extend(self._read_events())
+            self._events = iter(self._read_events())
 
     def _read_events(self) -> list[Event]:
         """Read once from the socket (interruptible) and parse what came."""
@@ -445,10 +494,11 @@ class Connection:
         if not self.protocol.close_sent and not self._lost:
             self._write(self.protocol.send_close(code, reason))
         try:
-            with _bounded(deadline.remaining()):
-                failed = False
-                while not (self.protocol.close_received or self._lost or failed):
-                    failed = any(type(event) is Failure for event in self._read_events())
+            if not (self.protocol.close_received or self._lost):
+                with _bounded(deadline.remaining()):
+                    failed = False
+                    while not (self.protocol.close_received or self._lost or failed):
+                        failed = any(type(event) is Failure for event in self._read_events())
         finally:
             self._close_tcp(deadline)
 

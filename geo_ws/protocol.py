@@ -30,7 +30,7 @@ import enum
 import os
 import zlib
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from .deflate import PerMessageDeflate
 from .exceptions import InvalidState, InvalidUTF8, PayloadTooBig, ProtocolError
@@ -189,7 +189,6 @@ class Protocol:
     """
 
     __slots__ = (
-        "_binary_parts",
         "_client",
         "_compressed",
         "_decoder",
@@ -205,7 +204,7 @@ class Protocol:
         "_offset",
         "_remaining",
         "_rest",
-        "_text_parts",
+        "_parts",
         "allowed_rsv_bits",
         "close_received",
         "close_sent",
@@ -260,10 +259,10 @@ class Protocol:
         # The message being reassembled from several frames or chunks.
         self._msg_opcode = _CONT  # _TEXT or _BINARY while a message is in progress
         self._msg_size = 0  # announced so far, to enforce max_message_size from headers
-        self._text_parts: list[str] = []
-        self._binary_parts: list[bytes] = []
+        self._parts: list[Any] = []  # str for a text message, bytes for a binary one
         # Decoding as bytes arrive finds invalid UTF-8 early, and each byte is decoded once.
-        self._decoder = _Utf8Decoder()
+        # Created on first use: an idle connection should cost little.
+        self._decoder: codecs.IncrementalDecoder | None = None
 
     # --- input ----------------------------------------------------------------------------------
 
@@ -582,12 +581,14 @@ class Protocol:
             return
         if self._msg_opcode == _TEXT:
             decoder = self._decoder
+            if decoder is None:
+                decoder = self._decoder = _Utf8Decoder()
             try:
                 text = decoder.decode(data, False)
             except UnicodeDecodeError:
                 raise InvalidUTF8("invalid UTF-8 in text message") from None
             if text:
-                self._text_parts.append(text)
+                self._parts.append(text)
             if data[-1] >= 0x80:
                 # CPython's decoder only rejects a surrogate (ED A0-BF) at its third byte;
                 # no completion of those two bytes is valid UTF-8, so fail now.
@@ -595,7 +596,7 @@ class Protocol:
                 if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
                     raise InvalidUTF8("invalid UTF-8 in text message")
         else:
-            self._binary_parts.append(bytes(data))
+            self._parts.append(bytes(data))
 
     def _finish(self) -> Message:
         """Assemble the message whose last frame was just received.
@@ -607,20 +608,18 @@ class Protocol:
         if self._compressed:
             self._consume(self._inflate(b"", final=True))
             self._compressed = False
+        parts = self._parts
         if self._msg_opcode == _TEXT:
             try:
-                tail = self._decoder.decode(b"", True)
+                tail = self._decoder.decode(b"", True) if self._decoder is not None else ""
             except UnicodeDecodeError:
                 raise InvalidUTF8("invalid UTF-8 in text message") from None
-            parts = self._text_parts
             if tail:
                 parts.append(tail)
             message = Message(parts[0] if len(parts) == 1 else "".join(parts))
-            self._text_parts = []
         else:
-            chunks = self._binary_parts
-            message = Message(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-            self._binary_parts = []
+            message = Message(parts[0] if len(parts) == 1 else b"".join(parts))
+        parts.clear()
         self._msg_opcode = _CONT
         self._msg_size = 0
         return message
@@ -632,7 +631,6 @@ class Protocol:
         self._discard = True
         self._rest = b""
         # Drop the partial message: nothing will complete it.
-        self._text_parts = []
-        self._binary_parts = []
+        self._parts.clear()
         if self.state is OPEN:
             self.state = CLOSING

@@ -391,7 +391,8 @@ class WebSocket:
         headers = [("Sec-WebSocket-Protocol", subprotocol)] if subprotocol else []
         if negotiated:
             headers.append(("Sec-WebSocket-Extensions", negotiated[0]))
-        transport.accept(response_101(key, headers))
+        if not transport.upgraded:  # else the server has sent its own 101
+            connection.send_handshake(response_101(key, headers))
         if transport.connections is not None:
             transport.connections.add(connection)
         try:

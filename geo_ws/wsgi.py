@@ -57,11 +57,6 @@ class Transport:
     """Called with ``start_response`` once the socket is done, to tell the server the
     connection is over."""
 
-    def accept(self, response: bytes) -> None:
-        """Send the 101 response, unless the server already did."""
-        if not self.upgraded:
-            self.sock.sendall(response)
-
     def end_response(self, start_response: Any = None) -> Iterable[bytes]:
         """End the WSGI call the way this server expects once the socket is done."""
         if self.finish is not None:

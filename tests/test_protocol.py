@@ -401,8 +401,9 @@ class TestMemoryBounds:
         for start, end in itertools.pairwise([0, *cuts, len(raw)]):
             protocol.receive_data(raw[start:end])
             assert len(protocol._rest) <= 14 + 125
-            held = sum(map(len, protocol._binary_parts))
-            held += sum(len(text.encode()) for text in protocol._text_parts)
+            held = sum(
+                len(part.encode() if isinstance(part, str) else part) for part in protocol._parts
+            )
             assert held <= limit
 
 
