@@ -97,6 +97,8 @@ class Worker(GeventWorker):  # type: ignore[misc]
                 environ=environ,
                 **ssl_args,
             )
+            # Every request through _Handler: gunicorn's access log and environ keys.
+            server.quick_handshakes = False
             if self.cfg.workers > 1:
                 # Accept one connection per wake-up, so that the workers share them.
                 server.max_accept = 1

@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .exceptions import HandshakeError
 
@@ -22,12 +23,54 @@ __all__ = [
     "check_origin",
     "check_request",
     "is_upgrade_request",
+    "parse_request_head",
+    "RequestHead",
     "response_101",
     "select_subprotocol",
 ]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 """The magic string of RFC 6455 section 1.3, hashed with the client's key."""
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+class RequestHead(NamedTuple):
+    """The request line and headers of an HTTP/1.1 request, as sent."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    size: int
+    """How many bytes the head took, the blank line included."""
+
+
+def parse_request_head(data: bytes) -> RequestHead | None:
+    """Parse a plain ``HTTP/1.1`` request head at the start of ``data``.
+
+    This is the quick path for handshakes: it takes the common shape only (an
+    origin-form target, ``name: value`` headers, no folded lines) and returns ``None``
+    for anything else, including a head that has not fully arrived, so that a
+    complete HTTP parser can deal with it (and answer 400 where it must).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].decode("latin-1").split("\r\n")
+    request_line = lines[0].split(" ")
+    if len(request_line) != 3 or request_line[2] != "HTTP/1.1":
+        return None
+    method, target, _ = request_line
+    if not target.startswith("/") or not _TOKEN.fullmatch(method):
+        return None
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return None
+        headers.append((name, value.strip(" \t")))
+    return RequestHead(method, target, headers, end + 4)
 
 
 def _tokens(value: str) -> set[str]:

@@ -8,11 +8,17 @@ handlers, then returns.
 
 from __future__ import annotations
 
+import gc
+import io
 import logging
+import os
 import signal
 import socket
-from collections.abc import Callable
-from typing import Any, cast
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, Literal, cast
+from urllib.parse import unquote_to_bytes
 
 import gevent
 from gevent.event import Event
@@ -22,7 +28,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .connection import Connection
 from .exceptions import HandshakeError
-from .handshake import is_upgrade_request
+from .handshake import RequestHead, is_upgrade_request, parse_request_head
 from .legacy import LegacyWebSocket
 from .wsgi import TAKE_SOCKET
 
@@ -79,6 +85,34 @@ class _LimitedReader:
         return line
 
 
+TakeSocket = Callable[[], tuple[socket.socket, Callable[[int], bytes], set[Connection]]]
+
+
+def _offer_socket(environ: dict[str, Any], take_socket: TakeSocket) -> None:
+    """Put in the environ what lets the app take the socket over."""
+    environ[TAKE_SOCKET] = take_socket
+    if is_upgrade_request(environ):
+        # For apps written for gevent-websocket; upgrades only if the app uses it.
+        environ["wsgi.websocket"] = LegacyWebSocket(environ, take_socket)
+        environ["wsgi.websocket_version"] = "13"
+
+
+def _finish_legacy(environ: dict[str, Any]) -> None:
+    """Finish the closing handshake of a gevent-websocket style app, if it upgraded."""
+    legacy = environ.get("wsgi.websocket")
+    if isinstance(legacy, LegacyWebSocket) and legacy.opened:
+        legacy.finish()
+
+
+def _access_line(client: Any, requestline: str, status: str, length: Any, started: float) -> str:
+    """A line of the access log, in gevent's format."""
+    now = datetime.now().replace(microsecond=0)
+    return (
+        f'{client or "-"} - - [{now}] "{requestline}" {status.split()[0]} {length or "-"} '
+        f"{time.time() - started:.6f}\n"
+    )
+
+
 class Handler(WSGIHandler):
     """gevent's WSGI handler, able to hand its socket over to a WebSocket.
 
@@ -120,11 +154,7 @@ class Handler(WSGIHandler):
         if self._head_timer is not None:
             self._head_timer.close()  # the head is in: the app may take its time
         environ: dict[str, Any] = super().get_environ()
-        environ[TAKE_SOCKET] = self._take_socket
-        if is_upgrade_request(environ):
-            # For apps written for gevent-websocket; upgrades only if the app uses it.
-            environ["wsgi.websocket"] = LegacyWebSocket(environ, self._take_socket)
-            environ["wsgi.websocket_version"] = "13"
+        _offer_socket(environ, self._take_socket)
         return environ
 
     def _take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], set[Connection]]:
@@ -161,11 +191,11 @@ class Handler(WSGIHandler):
         if server.stopping:
             return ""  # no new request on a kept-alive connection once stopping
         # Waiting for a kept-alive connection's next request: shutdown may cut this short.
-        server.idle.add(self)
+        server.idle.add(self.socket)
         try:
             return super().read_requestline()
         finally:
-            server.idle.discard(self)
+            server.idle.discard(self.socket)
 
     def run_application(self) -> None:
         self._upgraded = False
@@ -173,9 +203,7 @@ class Handler(WSGIHandler):
         assert application is not None and environ is not None
         try:
             self.result = application(environ, self.start_response)
-            legacy = environ.get("wsgi.websocket")
-            if isinstance(legacy, LegacyWebSocket) and legacy.opened:
-                legacy.finish()
+            _finish_legacy(environ)
             if self._upgraded:
                 # The WebSocket owned the socket and has closed it: write nothing more.
                 self.status = "101 Switching Protocols"
@@ -187,6 +215,110 @@ class Handler(WSGIHandler):
             self.result = None
             if close is not None:
                 close()
+
+
+class _QuickHandshake:
+    """A WebSocket handshake whose head arrived whole, served without pywsgi's handler.
+
+    Most connections of a WebSocket server start this way, so this path is lean: the
+    head was parsed by :func:`~geo_ws.handshake.parse_request_head`, the environ is
+    built directly, and the app runs on the connection's own greenlet. When the app
+    does not upgrade (a refusal, a 404), its response is sent and the connection
+    closed.
+    """
+
+    __slots__ = ("address", "environ", "requestline", "response", "server", "sock", "upgraded")
+
+    def __init__(self, server: Server, sock: socket.socket, address: Any, head: RequestHead):
+        self.server = server
+        self.sock = sock
+        self.address = address
+        self.requestline = f"{head.method} {head.target} HTTP/1.1"
+        self.upgraded = False
+        self.response: tuple[str, list[tuple[str, str]], list[bytes]] | None = None
+        self.environ = self._environ(head)
+
+    def _environ(self, head: RequestHead) -> dict[str, Any]:
+        """The WSGI environ, as pywsgi would build it."""
+        environ: dict[str, Any] = self.server.get_environ()
+        path, _, query = head.target.partition("?")
+        environ["REQUEST_METHOD"] = head.method
+        environ["SCRIPT_NAME"] = ""
+        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+        environ["QUERY_STRING"] = query
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1"
+        environ["REMOTE_ADDR"] = str(self.address[0])
+        environ["REMOTE_PORT"] = str(self.address[1])
+        for name, value in head.headers:
+            if "_" in name:
+                continue  # as pywsgi: "X_Forwarded" must not pass for "X-Forwarded"
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if key in environ:
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+            else:
+                environ[key] = value
+        environ["wsgi.input"] = io.BytesIO()
+        environ["wsgi.input_terminated"] = True
+        _offer_socket(environ, self.take_socket)
+        return environ
+
+    def take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], set[Connection]]:
+        """Hand the socket over to the WebSocket (``geo_ws.take_socket``)."""
+        if self.server.stopping:
+            raise HandshakeError(503, "the server is shutting down")
+        self.upgraded = True
+        return self.sock, self.sock.recv, self.server.connections
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        """WSGI's ``start_response``; the response waits for the body (it is short)."""
+        self.response = (status, headers, [])
+        return self.response[2].append
+
+    def run(self) -> None:
+        """Call the app; send its response unless it upgraded; log the request."""
+        started = time.time()
+        environ = self.environ
+        status, length = "500", 0
+        try:
+            result: Iterable[bytes] = self.server.application(environ, self.start_response)
+            try:
+                _finish_legacy(environ)
+                if self.upgraded:
+                    status = "101"
+                else:
+                    status, length = self._respond(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except Exception:
+            logger.exception("error serving %s", self.requestline)
+            if not self.upgraded:
+                self.response = None
+                self._respond(())
+        finally:
+            log = self.server.log
+            if log is not None:
+                log.write(_access_line(self.address[0], self.requestline, status, length, started))
+
+    def _respond(self, result: Iterable[bytes]) -> tuple[str, int]:
+        """Send the app's response (or a 500 without one) and close the connection."""
+        status, headers, written = self.response or ("500 Internal Server Error", [], [])
+        body = b"".join([*written, *result])
+        lines = [f"HTTP/1.1 {status}"]
+        lines.extend(
+            f"{name}: {value}"
+            for name, value in headers
+            if name.lower() not in ("connection", "content-length", "transfer-encoding")
+        )
+        lines.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        try:
+            self.sock.sendall("\r\n".join(lines).encode("latin-1") + body)
+        except OSError:
+            pass  # the client left
+        return status, len(body)
 
 
 class Server(WSGIServer):
@@ -201,6 +333,10 @@ class Server(WSGIServer):
         **kwargs: passed to :class:`gevent.pywsgi.WSGIServer`.
     """
 
+    quick_handshakes = True
+    """Serve WebSocket handshakes that arrive in one piece without pywsgi's handler
+    (see :meth:`handle`); ``False`` sends every request through ``handler_class``."""
+
     def __init__(
         self, listener: Any, application: Any, *, handshake_timeout: float = 10.0, **kwargs: Any
     ) -> None:
@@ -211,10 +347,58 @@ class Server(WSGIServer):
         self.handshake_timeout = handshake_timeout
         self.connections: set[Connection] = set()
         """The open WebSocket connections."""
-        self.idle: set[Handler] = set()
-        """Handlers of kept-alive HTTP connections waiting for their next request."""
+        self.idle: set[socket.socket] = set()
+        """Connections waiting for a request (shutdown closes them at once)."""
         self.stopping = False
         """Whether :meth:`shutdown` was called."""
+
+    def handle(self, sock: socket.socket, address: Any) -> None:
+        """Serve one client connection (called by gevent in its own greenlet).
+
+        A WebSocket handshake that arrived in one piece, the usual case, takes a quick
+        path; everything else (HTTP requests, heads in pieces, TLS) gevent's WSGI
+        handler, which reads the request from the start: the quick path only peeks.
+        """
+        if self.stopping:
+            return
+        # TLS sockets cannot peek; Unix sockets have no port for the environ.
+        quick = self.quick_handshakes and isinstance(address, tuple)
+        if not quick or hasattr(sock, "getpeercert"):
+            super().handle(sock, address)
+            return
+        handshake = self._quick_handshake(sock, address)
+        if handshake is False:
+            return  # nothing came within handshake_timeout (slowloris), or a reset
+        if handshake is None:
+            super().handle(sock, address)
+        else:
+            handshake.run()
+
+    def _quick_handshake(
+        self, sock: socket.socket, address: Any
+    ) -> _QuickHandshake | Literal[False] | None:
+        """The connection's handshake if it can take the quick path, with its head read.
+
+        ``None`` leaves the request to ``handler_class``, ``False`` drops the connection.
+        (A method of its own so that the head's bytes are not kept for the session.)
+        """
+        sock.settimeout(self.handshake_timeout)
+        self.idle.add(sock)
+        try:
+            peeked = sock.recv(MAX_HEAD_SIZE, socket.MSG_PEEK)
+        except OSError:
+            return False
+        finally:
+            self.idle.discard(sock)
+            sock.settimeout(None)
+        head = parse_request_head(peeked)
+        if head is None or head.method != "GET" or self.stopping:
+            return None
+        handshake = _QuickHandshake(self, sock, address, head)
+        if not is_upgrade_request(handshake.environ):
+            return None
+        sock.recv(head.size)  # take the head off the socket: all of it is there
+        return handshake
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, close WebSockets with 1001 and wait up to ``timeout`` seconds.
@@ -224,15 +408,30 @@ class Server(WSGIServer):
         """
         self.close()
         self.stopping = True
-        for handler in list(self.idle):
-            # An idle kept-alive HTTP connection would hold stop() for the whole timeout.
+        for sock in list(self.idle):
+            # A connection waiting for a request would hold stop() for the whole timeout.
             try:
-                handler.socket.shutdown(socket.SHUT_RD)
+                sock.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
         for connection in list(self.connections):
             connection.request_close(1001, "server shutting down")
         self.stop(timeout=timeout)
+
+
+def _settle() -> None:
+    """Before serving: keep the collector and gevent's bookkeeping off the hot path.
+
+    What exists now (the app, every module) lives as long as the process: frozen, it
+    is left out of the full collections that thousands of connections trigger, which
+    then walk the connections only. And gevent stops recording each greenlet's
+    spawning stack, a debugging aid that costs every connection a stack walk and a
+    few objects (``GEVENT_TRACK_GREENLET_TREE=1`` keeps it).
+    """
+    gc.collect()
+    gc.freeze()
+    if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
+        gevent.config.track_greenlet_tree = False
 
 
 def run(
@@ -266,6 +465,7 @@ def run(
         # Nothing configured logging: show the address and errors on stderr.
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     server = Server((host, port), app, handshake_timeout=handshake_timeout)
+    _settle()
     stop = Event()
     handlers = [
         gevent.signal_handler(signum, stop.set) for signum in (signal.SIGTERM, signal.SIGINT)

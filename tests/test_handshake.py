@@ -7,7 +7,14 @@ import base64
 import pytest
 
 from geo_ws.exceptions import HandshakeError
-from geo_ws.handshake import accept_key, check_request, is_upgrade_request, response_101
+from geo_ws.handshake import (
+    RequestHead,
+    accept_key,
+    check_request,
+    is_upgrade_request,
+    parse_request_head,
+    response_101,
+)
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -90,3 +97,36 @@ def test_select_subprotocol_prefers_the_server_order() -> None:
     assert select_subprotocol(offered, ["graphql-ws"]) is None
     assert select_subprotocol(environ(), ["v2.chat"]) is None
     assert select_subprotocol(offered, []) is None
+
+
+HEAD = (
+    b"GET /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade:  websocket \r\n"
+    b"Connection: Upgrade\r\n\r\n"
+)
+
+
+def test_parse_request_head_takes_a_whole_plain_head() -> None:
+    head = parse_request_head(HEAD + b"\x81\x85frame")
+    assert head == RequestHead(
+        "GET",
+        "/chat?room=1",
+        [("Host", "example.com"), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        len(HEAD),
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        HEAD[:-2],  # not all there yet
+        HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        HEAD.replace(b"/chat?room=1", b"http://example.com/chat"),  # absolute form
+        HEAD.replace(b"GET /chat", b"GET  /chat"),
+        HEAD.replace(b"Host: example.com\r\n", b"Host: example.com\r\n folded\r\n"),
+        HEAD.replace(b"Host:", b"Host :"),
+        HEAD.replace(b"Host:", b"Host"),
+        HEAD.replace(b"GET", b"G(T"),
+    ],
+)
+def test_parse_request_head_leaves_anything_unusual_to_a_full_parser(data: bytes) -> None:
+    assert parse_request_head(data) is None

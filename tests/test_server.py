@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import signal
 import socket
@@ -270,3 +272,125 @@ def test_websockets_over_tls(tmp_path: Any) -> None:
                 assert client.recv(timeout=WAIT) == "x" * size
     finally:
         server.shutdown(timeout=1)
+
+
+# -- the quick path for handshakes that arrive whole ------------------------------------
+
+UPGRADE_HEAD = (
+    "GET /env/caf%C3%A9?a=1&b=%20 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+    "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\nX-Twice: one\r\nX-Twice: two\r\nCookie: a=1\r\n"
+    "Cookie: b=2\r\nX_Sneaky: dropped\r\nOrigin: http://h\r\n\r\n"
+)
+
+
+def environ_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Answers any request with its environ's plain values, as JSON."""
+    plain = {key: value for key, value in environ.items() if isinstance(value, (str, bool))}
+    body = json.dumps(plain).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+def exchange(port: int, request: str, pieces: int = 1) -> tuple[str, bytes]:
+    """Send ``request`` (in ``pieces`` writes, a little apart); return the head and body."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    data = request.encode()
+    step = -(-len(data) // pieces)
+    for start in range(0, len(data), step):
+        sock.sendall(data[start : start + step])
+        gevent.sleep(0.05)
+    response = b""
+    with gevent.Timeout(WAIT):
+        while b"\r\n\r\n" not in response:
+            response += sock.recv(65536)
+        head, _, body = response.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += sock.recv(65536)
+    sock.close()
+    return head.decode("latin-1"), body
+
+
+def start_server(app: Any, **options: Any) -> Server:
+    server = Server(("127.0.0.1", 0), app, log=None)
+    for name, value in options.items():
+        setattr(server, name, value)
+    server.start()
+    return server
+
+
+def test_the_quick_path_builds_the_environ_pywsgi_would() -> None:
+    quick, full = start_server(environ_app), start_server(environ_app, quick_handshakes=False)
+    try:
+        quick_head, quick_body = exchange(quick.address[1], UPGRADE_HEAD)
+        full_head, full_body = exchange(full.address[1], UPGRADE_HEAD)
+    finally:
+        quick.shutdown(timeout=1)
+        full.shutdown(timeout=1)
+    assert quick_head.startswith("HTTP/1.1 200") and full_head.startswith("HTTP/1.1 200")
+    assert "Connection: close" in quick_head  # a refused upgrade ends the connection
+    seen, expected = json.loads(quick_body), json.loads(full_body)
+    for differs in ("REMOTE_PORT", "SERVER_PORT", "wsgi.input_terminated"):
+        seen.pop(differs), expected.pop(differs)
+    assert seen == expected
+    assert seen["PATH_INFO"] == "/env/caf\u00c3\u00a9"  # WSGI's latin-1 of the UTF-8 bytes
+    assert seen["HTTP_X_TWICE"] == "one,two"
+    assert seen["HTTP_COOKIE"] == "a=1; b=2"
+    assert "HTTP_X_SNEAKY" not in seen
+
+
+def test_a_handshake_in_pieces_is_served_by_the_full_parser(serve: Serve) -> None:
+    address = serve(closing_app)
+    port = int(address.split(":")[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    request = UPGRADE_HEAD.replace("/env/caf%C3%A9?a=1&b=%20", "/ws").encode()
+    sock.sendall(request[:40])
+    gevent.sleep(0.1)  # the server peeks at an incomplete head
+    sock.sendall(request[40:])
+    protocol = Protocol(client=True)
+    with gevent.Timeout(WAIT):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        events = protocol.receive_data(rest)
+        while not events:
+            events = protocol.receive_data(sock.recv(4096))
+    assert head.startswith(b"HTTP/1.1 101")
+    assert events[0] == Message("welcome")
+    sock.close()
+
+
+def test_a_refused_quick_handshake_gets_the_apps_response_then_eof(serve: Serve) -> None:
+    client = RawClient(serve(closing_app), "/nowhere")
+    assert client.status == 404
+    assert "Connection: close" in client.response_head
+    assert client.at_eof()
+
+
+def test_an_app_failing_on_the_quick_path_answers_500(serve: Serve) -> None:
+    def failing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise RuntimeError("boom")
+
+    client = RawClient(serve(failing), "/ws")
+    assert client.status == 500
+    assert client.at_eof()
+
+
+def test_the_quick_path_writes_the_access_log() -> None:
+    log = io.StringIO()
+    server = Server(("127.0.0.1", 0), closing_app, log=log)
+    server.start()
+    try:
+        client = RawClient(f"127.0.0.1:{server.address[1]}", "/ws")
+        assert client.recv() == "welcome"
+        client.send_close()
+        client.recv_close()
+        refused = RawClient(f"127.0.0.1:{server.address[1]}", "/nowhere")
+        assert refused.at_eof()
+    finally:
+        server.shutdown(timeout=1)
+    lines = log.getvalue().splitlines()
+    assert any(re.search(r'"GET /ws HTTP/1.1" 101 - \d+\.\d+$', line) for line in lines), lines
+    assert any(re.search(r'"GET /nowhere HTTP/1.1" 404 \d+ ', line) for line in lines), lines
