@@ -124,6 +124,7 @@ class Connection:
     # Slots: a server holds thousands of these, mostly idle.
     __slots__ = (
         "_direct",
+        "_drained",
         "_ended",
         "_events",
         "_fd",
@@ -138,6 +139,7 @@ class Connection:
         "_recv",
         "_tcp_closed",
         "_timer",
+        "_wait_first",
         "_writer",
         "close_request",
         "close_timeout",
@@ -175,6 +177,17 @@ class Connection:
         # gevent keeps descriptors non-blocking; os.write on one never switches greenlets.
         # Not under TLS: the bytes must go through the TLS layer, i.e. the socket's send.
         self._direct = not os.get_blocking(self._fd) and not hasattr(sock, "getpeercert")
+        # A client that waits for each answer has sent nothing more when we read again:
+        # a read would fail (a system call and an exception) before gevent waits. Once a
+        # read has emptied the kernel buffer, wait for the socket first, with gevent's own
+        # primitive for its sockets. Only when reading the plain gevent socket itself.
+        self._drained = False
+        self._wait_first = (
+            self._direct
+            and self._recv == sock.recv
+            and hasattr(sock, "_wait")
+            and getattr(sock, "_read_event", None) is not None
+        )
         self.protocol = Protocol(max_message_size=max_message_size, deflate=deflate)
         self.deflate = deflate
         """The permessage-deflate state negotiated in the handshake, if any."""
@@ -381,11 +394,15 @@ class Connection:
         """Read once from the socket (interruptible) and parse what came."""
         self._reading = gevent.getcurrent()
         try:
+            if self._drained and self._wait_first:
+                sock: Any = self.sock
+                sock._wait(sock._read_event)
             data = self._recv(READ_SIZE)
         except OSError:
             data = b""
         finally:
             self._reading = None
+        self._drained = len(data) < READ_SIZE
         if not data:
             self._connection_lost()
             return self.protocol.receive_eof()
