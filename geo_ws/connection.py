@@ -181,7 +181,8 @@ class Connection:
         # a read would fail (a system call and an exception) before gevent waits. Once a
         # read has emptied the kernel buffer, wait for the socket first, with gevent's own
         # primitive for its sockets. Only when reading the plain gevent socket itself.
-        self._drained = False
+        # A new connection starts that way: the client waits for the 101.
+        self._drained = True
         self._wait_first = (
             self._direct
             and self._recv == sock.recv
