@@ -202,7 +202,10 @@ class Connection:
         self._loop = gevent.get_hub().loop
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._lost = False
-        self._ended: ConnectionClosed | None = None  # how receiving ended, once it has
+        # How receiving ended, once it has: (code, reason). Not the exception itself: its
+        # traceback would reference this connection, and the cycle would leave every
+        # closed connection to the garbage collector.
+        self._ended: tuple[int, str] | None = None
         self._overflowed = False
         self._tcp_closed = False
         self.close_request: tuple[int, str, bool] | None = None
@@ -371,7 +374,7 @@ class Connection:
             Interrupted: :meth:`request_close` was called meanwhile.
         """
         if self._ended is not None:
-            raise self._ended  # told once already: tell every later caller the same
+            raise ConnectionClosed.for_code(*self._ended)  # tell every later caller the same
         while True:
             for event in self._events:
                 if type(event) is Message:
@@ -381,12 +384,12 @@ class Connection:
                 elif type(event) is Pong:
                     self._pong(event.payload)
                 elif type(event) is Close:
-                    self._ended = ConnectionClosed.for_code(event.code, event.reason)
-                    raise self._ended
+                    self._ended = (event.code, event.reason)
+                    raise ConnectionClosed.for_code(event.code, event.reason)
                 elif type(event) is Failure:
                     self._fail(event.code, event.reason)
-                    self._ended = ConnectionClosed.for_code(event.code, event.reason)
-                    raise self._ended
+                    self._ended = (event.code, event.reason)
+                    raise ConnectionClosed.for_code(event.code, event.reason)
             if self.close_request is not None:
                 raise Interrupted
             self._events = iter(self._read_events())
@@ -413,7 +416,7 @@ class Connection:
     def echo_code(self) -> int | None:
         """The code to answer the peer's Close with: its own, or none if it sent none."""
         ended = self._ended
-        return None if ended is None or ended.code in (1005, 1006) else ended.code
+        return None if ended is None or ended[0] in (1005, 1006) else ended[0]
 
     def receive_or_closed(self, timeout: float | None = None) -> str | bytes:
         """Like :meth:`receive`, for application code: it never sees :class:`Interrupted`.

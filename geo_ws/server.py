@@ -97,11 +97,17 @@ def _offer_socket(environ: dict[str, Any], take_socket: TakeSocket) -> None:
         environ["wsgi.websocket_version"] = "13"
 
 
-def _finish_legacy(environ: dict[str, Any]) -> None:
-    """Finish the closing handshake of a gevent-websocket style app, if it upgraded."""
-    legacy = environ.get("wsgi.websocket")
+def _end_request(environ: dict[str, Any]) -> None:
+    """After the app returned: finish what a gevent-websocket style app left open, and
+    withdraw the socket from the environ.
+
+    The socket's takers refer to the environ and the environ to them: without the
+    withdrawal, every request would be left to the garbage collector.
+    """
+    legacy = environ.pop("wsgi.websocket", None)
     if isinstance(legacy, LegacyWebSocket) and legacy.opened:
         legacy.finish()
+    environ.pop(TAKE_SOCKET, None)
 
 
 def _access_line(client: Any, requestline: str, status: str, length: Any, started: float) -> str:
@@ -203,7 +209,7 @@ class Handler(WSGIHandler):
         assert application is not None and environ is not None
         try:
             self.result = application(environ, self.start_response)
-            _finish_legacy(environ)
+            _end_request(environ)
             if self._upgraded:
                 # The WebSocket owned the socket and has closed it: write nothing more.
                 self.status = "101 Switching Protocols"
@@ -284,7 +290,7 @@ class _QuickHandshake:
         try:
             result: Iterable[bytes] = self.server.application(environ, self.start_response)
             try:
-                _finish_legacy(environ)
+                _end_request(environ)
                 if self.upgraded:
                     status = "101"
                 else:
