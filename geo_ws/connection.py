@@ -32,7 +32,7 @@ __all__ = ["Connection", "Interrupted", "Outgoing"]
 logger = logging.getLogger("geo_ws")
 
 #: How many bytes one ``recv`` asks for.
-READ_SIZE = 65536
+READ_SIZE = 2**17
 #: Queued frames are joined into sends of about this size (fewer syscalls).
 BATCH_SIZE = 65536
 
