@@ -71,6 +71,10 @@ def take_over(environ: dict[str, Any]) -> Transport | None:
     take = environ.get(TAKE_SOCKET)
     if take is not None:
         sock, recv, connections = take()
+        # Taken once and for all: neither key may offer it again, and an idle connection
+        # need not keep them.
+        del environ[TAKE_SOCKET]
+        environ.pop("wsgi.websocket", None)
         return Transport(sock, recv, connections)
     websocket: Any = environ.get("wsgi.websocket")
     upgraded_by = getattr(websocket, "handler", None)  # gevent-websocket's, past its 101
