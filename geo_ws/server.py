@@ -462,6 +462,11 @@ def run(
 
     When nothing has configured :mod:`logging` yet, it logs to stderr at INFO level.
 
+    Before serving it freezes what exists (``gc.freeze()``: the app and its modules live
+    as long as the process, and full collections then walk the connections only) and
+    turns off gevent's greenlet-tree tracking, a debugging aid that costs every
+    connection (set ``GEVENT_TRACK_GREENLET_TREE=1`` to keep it).
+
     Raises:
         RuntimeError: the ``socket`` module is not monkey-patched by gevent.
     """
