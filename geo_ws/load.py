@@ -377,6 +377,7 @@ class Runner:
         """Called once the run is over, before the connections are closed; by default
         users get one second to finish their iteration."""
         self._on_tick = on_tick
+        self._closing = False
         self._stopped = Event()
         self._handshakes = Semaphore(HANDSHAKES_IN_FLIGHT)
         self._start = clock()
@@ -390,8 +391,12 @@ class Runner:
         return self.part.step(step)
 
     def fail(self, exc: BaseException | str) -> None:
-        """Count a failure (an exception, or a kind's name), unless the run is over."""
-        if self.active:
+        """Count a failure (an exception, or a kind's name), unless the run is closing.
+
+        Iterations still running when the run stops (their budget was taken, or the time
+        ran out) count in full; what fails once the run closes the connections does not.
+        """
+        if not self._closing:
             self.part.errors[exc if isinstance(exc, str) else error_kind(exc)] += 1
 
     def take(self) -> bool:
@@ -511,6 +516,7 @@ class Runner:
             self.at_stop()
         else:
             self.group.join(timeout=GRACE)
+        self._closing = True  # from here on, failures are the end's, not the run's
         closers = [gevent.spawn(self.release, conn) for conn in list(self.open)]
         gevent.joinall(closers, timeout=self.options.timeout + GRACE)
         self.group.join(timeout=GRACE)
