@@ -37,10 +37,47 @@ READ_SIZE = 2**17
 BATCH_SIZE = 65536
 
 
-# Shared by connections with nothing to send (most of them, most of the time): a
-# deque costs over 600 bytes. Never appended to: _write swaps in a connection's own.
+# Shared by connections that have never sent anything (idle ones): a deque costs over
+# 600 bytes. Never appended to: _write swaps in a connection's own, kept from then on
+# (one per burst would be garbage to collect, thousands per broadcast).
 _NO_OUTBOX: deque[bytes | memoryview] = deque()
 _NO_EVENTS: Iterator[Event] = iter(())
+
+
+class _Flusher:
+    """Writes, once per turn of the event loop, what every connection queued during it.
+
+    One loop callback for all connections, not one per connection: a broadcast to
+    thousands then allocates nothing per receiver.
+    """
+
+    __slots__ = ("_loop", "_pending", "_scheduled")
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._pending: list[Connection] = []
+        self._scheduled = False
+
+    def add(self, connection: Connection) -> None:
+        self._pending.append(connection)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.run_callback(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for connection in pending:
+            connection._flush()
+
+
+def _flusher() -> _Flusher:
+    """The flusher of this thread's hub (kept on the hub, so it goes with it)."""
+    hub: Any = gevent.get_hub()
+    flusher: _Flusher | None = getattr(hub, "_geo_ws_flusher", None)
+    if flusher is None:
+        flusher = hub._geo_ws_flusher = _Flusher(hub.loop)
+    return flusher
 
 
 class Outgoing:
@@ -129,7 +166,7 @@ class Connection:
         "_events",
         "_fd",
         "_flush_pending",
-        "_loop",
+        "_flusher",
         "_lost",
         "_outbox",
         "_outbox_bytes",
@@ -198,8 +235,8 @@ class Connection:
         self._outbox = _NO_OUTBOX
         self._outbox_bytes = 0
         self._writer: Greenlet[Any, None] | None = None
-        self._flush_pending = False  # a _flush callback is scheduled
-        self._loop = gevent.get_hub().loop
+        self._flush_pending = False  # waiting for the flusher
+        self._flusher = _flusher()
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._lost = False
         # How receiving ended, once it has: (code, reason). Not the exception itself: its
@@ -279,7 +316,7 @@ class Connection:
         if self._writer is None and not self._flush_pending:
             if self._direct:
                 self._flush_pending = True
-                self._loop.run_callback(self._flush)
+                self._flusher.add(self)
             else:
                 self._writer = gevent.spawn(self._drain)
 
@@ -312,8 +349,6 @@ class Connection:
             outbox.appendleft(memoryview(data)[sent:])
         if outbox:
             self._writer = gevent.spawn(self._drain)
-        else:
-            self._outbox = _NO_OUTBOX
 
     def _drain(self) -> None:
         """The writer greenlet: empties the outbox, then exits."""
@@ -339,8 +374,6 @@ class Connection:
             self._connection_lost()
         finally:
             self._writer = None
-            if not self._outbox:
-                self._outbox = _NO_OUTBOX
 
     def _overflow(self) -> None:
         """The client does not read fast enough: drop what waits and close with 1008."""
