@@ -416,11 +416,9 @@ class Connection:
                     self._write(encode_frame(Opcode.PONG, event.payload))
                 elif type(event) is Pong:
                     self._pong(event.payload)
-                elif type(event) is Close:
-                    self._ended = (event.code, event.reason)
-                    raise ConnectionClosed.for_code(event.code, event.reason)
-                elif type(event) is Failure:
-                    self._fail(event.code, event.reason)
+                elif type(event) is Close or type(event) is Failure:
+                    if type(event) is Failure:
+                        self._fail(event.code, event.reason)
                     self._ended = (event.code, event.reason)
                     raise ConnectionClosed.for_code(event.code, event.reason)
             if self.close_request is not None:

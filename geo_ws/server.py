@@ -29,7 +29,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from .connection import Connection
 from .exceptions import HandshakeError
 from .handshake import RequestHead, is_upgrade_request, parse_request_head
-from .legacy import LegacyWebSocket
+from .legacy import LegacyWebSocket, TakeSocket
 from .wsgi import TAKE_SOCKET
 
 __all__ = ["Server", "run"]
@@ -85,16 +85,19 @@ class _LimitedReader:
         return line
 
 
-TakeSocket = Callable[[], tuple[socket.socket, Callable[[int], bytes], set[Connection]]]
+def _offer_socket(environ: dict[str, Any], take_socket: TakeSocket) -> bool:
+    """Put in the environ what lets the app take the socket over.
 
-
-def _offer_socket(environ: dict[str, Any], take_socket: TakeSocket) -> None:
-    """Put in the environ what lets the app take the socket over."""
+    Returns:
+        Whether the request asks for a WebSocket.
+    """
     environ[TAKE_SOCKET] = take_socket
-    if is_upgrade_request(environ):
-        # For apps written for gevent-websocket; upgrades only if the app uses it.
-        environ["wsgi.websocket"] = LegacyWebSocket(environ, take_socket)
-        environ["wsgi.websocket_version"] = "13"
+    if not is_upgrade_request(environ):
+        return False
+    # For apps written for gevent-websocket; upgrades only if the app uses it.
+    environ["wsgi.websocket"] = LegacyWebSocket(environ, take_socket)
+    environ["wsgi.websocket_version"] = "13"
+    return True
 
 
 def _end_request(environ: dict[str, Any]) -> None:
@@ -165,8 +168,7 @@ class Handler(WSGIHandler):
 
     def _take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], set[Connection]]:
         server = cast(Server, self.server)
-        if server.stopping:
-            raise HandshakeError(503, "the server is shutting down")
+        server._check_accepting()
         self._upgraded = True
         sock, rfile = self.socket, self.rfile
         # Take what the request parser buffered past the head (a client may send frames
@@ -233,7 +235,16 @@ class _QuickHandshake:
     closed.
     """
 
-    __slots__ = ("address", "environ", "requestline", "response", "server", "sock", "upgraded")
+    __slots__ = (
+        "address",
+        "environ",
+        "requestline",
+        "response",
+        "server",
+        "sock",
+        "upgraded",
+        "websocket",
+    )
 
     def __init__(self, server: Server, sock: socket.socket, address: Any, head: RequestHead):
         self.server = server
@@ -242,6 +253,8 @@ class _QuickHandshake:
         self.requestline = f"{head.method} {head.target} HTTP/1.1"
         self.upgraded = False
         self.response: tuple[str, list[tuple[str, str]], list[bytes]] | None = None
+        self.websocket = False
+        """Whether the request asks for a WebSocket (else it is left to pywsgi)."""
         self.environ = self._environ(head)
 
     def _environ(self, head: RequestHead) -> dict[str, Any]:
@@ -265,13 +278,12 @@ class _QuickHandshake:
                 environ[key] = value
         environ["wsgi.input"] = io.BytesIO()
         environ["wsgi.input_terminated"] = True
-        _offer_socket(environ, self.take_socket)
+        self.websocket = _offer_socket(environ, self.take_socket)
         return environ
 
     def take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], set[Connection]]:
         """Hand the socket over to the WebSocket (``geo_ws.take_socket``)."""
-        if self.server.stopping:
-            raise HandshakeError(503, "the server is shutting down")
+        self.server._check_accepting()
         self.upgraded = True
         return self.sock, self.sock.recv, self.server.connections
 
@@ -358,6 +370,15 @@ class Server(WSGIServer):
         self.stopping = False
         """Whether :meth:`shutdown` was called."""
 
+    def _check_accepting(self) -> None:
+        """Refuse a WebSocket once :meth:`shutdown` has begun.
+
+        Raises:
+            HandshakeError: 503, the server is shutting down.
+        """
+        if self.stopping:
+            raise HandshakeError(503, "the server is shutting down")
+
     def handle(self, sock: socket.socket, address: Any) -> None:
         """Serve one client connection (called by gevent in its own greenlet).
 
@@ -401,7 +422,7 @@ class Server(WSGIServer):
         if head is None or head.method != "GET" or self.stopping:
             return None
         handshake = _QuickHandshake(self, sock, address, head)
-        if not is_upgrade_request(handshake.environ):
+        if not handshake.websocket:
             return None
         sock.recv(head.size)  # take the head off the socket: all of it is there
         return handshake
