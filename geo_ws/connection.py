@@ -1,12 +1,15 @@
 """One upgraded socket on gevent: frames in through the sans-I/O protocol, frames out
 through a single writer.
 
-The greenlet that owns a :class:`Connection` (the request's greenlet) reads; any
-greenlet may send. Sending never blocks the caller: a frame is written straight into
-the socket's kernel buffer when it has room and nothing is queued, otherwise it joins
-a bounded outbox drained by one writer greenlet, so frames never interleave and a
-slow client never stalls a broadcast. A client whose outbox overflows is closed with
-1008.
+The greenlet that owns a :class:`Connection` reads; any greenlet may send. An owner with
+nothing to read can :meth:`~Connection.park` the connection and end: the event loop then
+watches the socket, and a worker greenlet takes over when data or a close request comes,
+so an idle connection costs no greenlet (and no stack).
+
+Sending never blocks the caller: a frame is written straight into the socket's kernel
+buffer when it has room and nothing is queued, otherwise it joins a bounded outbox
+drained by one writer greenlet, so frames never interleave and a slow client never
+stalls a broadcast. A client whose outbox overflows is closed with 1008.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +25,7 @@ from typing import Any
 
 import gevent
 from gevent import Greenlet
+from greenlet import GreenletExit, getcurrent, greenlet
 
 from .deflate import PerMessageDeflate
 from .exceptions import ConnectionClosed
@@ -71,6 +76,48 @@ class _Flusher:
             connection._flush()
 
 
+class _Workers:
+    """The greenlets that serve connections woken from :meth:`Connection.park`.
+
+    A worker that is done waits for the next wake-up rather than ending: a client
+    that waits for each answer wakes its connection for every message, and a new
+    greenlet each time would cost more than the message. At most :attr:`KEEP` wait.
+    """
+
+    KEEP = 64
+
+    __slots__ = ("_hub", "_idle")
+
+    def __init__(self, hub: Any) -> None:
+        self._hub = hub
+        self._idle: list[greenlet] = []
+
+    def run(self, job: Callable[[], None]) -> greenlet:
+        """Run ``job`` on a worker; call it from the hub. Returns the worker."""
+        idle = self._idle
+        while idle:
+            worker = idle.pop()
+            if not worker.dead:  # (killed while it waited)
+                break
+        else:
+            worker = greenlet(self._work, parent=self._hub)
+        worker.switch(job)
+        return worker
+
+    def _work(self, job: Callable[[], None]) -> None:
+        while True:
+            try:
+                job()
+            except GreenletExit:
+                return  # killed (server shutdown): the connection has ended
+            except BaseException:
+                self._hub.handle_error(getcurrent(), *sys.exc_info())
+            if len(self._idle) >= self.KEEP:
+                return
+            self._idle.append(getcurrent())
+            job = self._hub.switch()  # until run() hands over the next job
+
+
 def _flusher() -> _Flusher:
     """The flusher of this thread's hub (kept on the hub, so it goes with it)."""
     hub: Any = gevent.get_hub()
@@ -78,6 +125,15 @@ def _flusher() -> _Flusher:
     if flusher is None:
         flusher = hub._geo_ws_flusher = _Flusher(hub.loop)
     return flusher
+
+
+def _workers() -> _Workers:
+    """The workers of this thread's hub."""
+    hub: Any = gevent.get_hub()
+    workers: _Workers | None = getattr(hub, "_geo_ws_workers", None)
+    if workers is None:
+        workers = hub._geo_ws_workers = _Workers(hub)
+    return workers
 
 
 class Outgoing:
@@ -171,6 +227,8 @@ class Connection:
         "_outbox",
         "_outbox_bytes",
         "_overflowed",
+        "_owner",
+        "_parked",
         "_ping",
         "_reading",
         "_recv",
@@ -238,6 +296,8 @@ class Connection:
         self._flush_pending = False  # waiting for the flusher
         self._flusher = _flusher()
         self._reading: Any = None  # the greenlet blocked in recv, if any
+        self._parked: Callable[[], None] | None = None  # what serves it once it wakes
+        self._owner: greenlet | None = None  # the worker serving it since it woke up
         self._lost = False
         # How receiving ended, once it has: (code, reason). Not the exception itself: its
         # traceback would reference this connection, and the cycle would leave every
@@ -406,6 +466,19 @@ class Connection:
                 or failed because the peer broke the protocol (the code we sent).
             Interrupted: :meth:`request_close` was called meanwhile.
         """
+        message = self._receive(wait=True)
+        assert message is not None
+        return message
+
+    def receive_nowait(self) -> str | bytes | None:
+        """Like :meth:`receive`, but ``None`` where it would wait for the socket to
+        become readable: then :meth:`park` the connection.
+
+        Only a connection that :attr:`can_park` ever returns ``None``; the others wait.
+        """
+        return self._receive(wait=False)
+
+    def _receive(self, wait: bool) -> str | bytes | None:
         if self._ended is not None:
             raise ConnectionClosed.for_code(*self._ended)  # tell every later caller the same
         while True:
@@ -423,7 +496,53 @@ class Connection:
                     raise ConnectionClosed.for_code(event.code, event.reason)
             if self.close_request is not None:
                 raise Interrupted
+            if not wait and self._drained and self._wait_first:
+                return None
             self._events = iter(self._read_events())
+
+    @property
+    def can_park(self) -> bool:
+        """Whether this connection can :meth:`park` (a plain gevent socket, read directly)."""
+        return self._wait_first
+
+    def park(self, serve: Callable[[], None]) -> None:
+        """Let the owning greenlet go while there is nothing to read.
+
+        The event loop watches the socket instead; once it is readable or a close is
+        requested, a new greenlet (:attr:`owner`) runs ``serve``, which reads on with
+        :meth:`receive_nowait` and may park again. Call it when :meth:`receive_nowait`
+        returned ``None``, then return.
+        """
+        self._parked = serve
+        sock: Any = self.sock
+        sock._read_event.start(self._wake)
+        if self.close_request is not None:  # requested while the owner was busy
+            gevent.get_hub().loop.run_callback(self._wake)
+
+    @property
+    def owner(self) -> greenlet | None:
+        """The greenlet serving this connection since it last woke from :meth:`park`."""
+        return self._owner
+
+    def _wake(self) -> None:
+        """In the hub: the socket is readable, or a close was requested, while parked."""
+        if self._parked is None:
+            return
+        sock: Any = self.sock
+        sock._read_event.stop()
+        self._drained = False  # or a closing handshake is next: reading will wait anyway
+        _workers().run(self._serve)  # returns once it parks again, blocks or ends
+
+    def _serve(self) -> None:
+        """On a worker: run what :meth:`park` was given."""
+        serve, self._parked = self._parked, None
+        assert serve is not None
+        owner = self._owner = getcurrent()
+        try:
+            serve()
+        finally:
+            if self._owner is owner:
+                self._owner = None
 
     def _read_events(self) -> list[Event]:
         """Read once from the socket (interruptible) and parse what came."""
@@ -485,7 +604,7 @@ class Connection:
             self._ping = (payload, gevent.get_hub().loop.now())
             self._write(encode_frame(Opcode.PING, payload))
             self._arm(self.ping_timeout)
-        elif self._reading is None:
+        elif self._reading is None and self._parked is None:
             # The owner is busy in a handler and cannot read the pong: check again later
             # rather than blame the client for a slow handler.
             self._arm(self.ping_timeout)
@@ -508,8 +627,9 @@ class Connection:
     def request_close(self, code: int, reason: str = "", *, error: bool = False) -> None:
         """Ask the owning greenlet to close the connection, from any greenlet.
 
-        The first request wins. If the owner is waiting for data it is interrupted at
-        once; if it is busy (running a handler) it closes when that returns.
+        The first request wins. If the owner is waiting for data (or the connection is
+        parked) it is interrupted at once; if it is busy (running a handler) it closes
+        when that returns.
 
         Raises:
             ValueError: ``code`` may not be sent in a Close frame (e.g. 1005, 1006).
@@ -523,6 +643,8 @@ class Connection:
         self.close_request = (code, reason, error)
         if self._reading is not None:
             gevent.get_hub().loop.run_callback(self._interrupt)
+        elif self._parked is not None:
+            gevent.get_hub().loop.run_callback(self._wake)
 
     def _interrupt(self) -> None:
         # Runs in the hub: throw only if the owner is still parked in recv, never
@@ -594,6 +716,10 @@ class Connection:
         """Close the socket now, without any handshake."""
         self._tcp_closed = True
         self._disarm()
+        if self._parked is not None:
+            self._parked = None
+            sock: Any = self.sock
+            sock._read_event.stop()
         if self._writer is not None:
             self._writer.kill(block=False)
         self._connection_lost()

@@ -25,12 +25,12 @@ from gevent.event import Event
 from gevent.monkey import is_module_patched
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
+from greenlet import GreenletExit
 
-from .connection import Connection
 from .exceptions import HandshakeError
 from .handshake import RequestHead, is_upgrade_request, parse_request_head
 from .legacy import LegacyWebSocket, TakeSocket
-from .wsgi import TAKE_SOCKET
+from .wsgi import TAKE_SOCKET, OpenConnections
 
 __all__ = ["Server", "run"]
 
@@ -166,9 +166,9 @@ class Handler(WSGIHandler):
         _offer_socket(environ, self._take_socket)
         return environ
 
-    def _take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], set[Connection]]:
+    def _take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], OpenConnections]:
         server = cast(Server, self.server)
-        server._check_accepting()
+        server._hand_over(self.socket)
         self._upgraded = True
         sock, rfile = self.socket, self.rfile
         # Take what the request parser buffered past the head (a client may send frames
@@ -213,9 +213,11 @@ class Handler(WSGIHandler):
             self.result = application(environ, self.start_response)
             _end_request(environ)
             if self._upgraded:
-                # The WebSocket owned the socket and has closed it: write nothing more.
+                # The socket is the WebSocket's: write nothing more, and leave closing it
+                # to the WebSocket, which may go on without this greenlet.
                 self.status = "101 Switching Protocols"
                 self.close_connection = True
+                self.socket = None  # type: ignore[assignment]
             else:
                 self.process_result()
         finally:
@@ -281,9 +283,9 @@ class _QuickHandshake:
         self.websocket = _offer_socket(environ, self.take_socket)
         return environ
 
-    def take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], set[Connection]]:
+    def take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], OpenConnections]:
         """Hand the socket over to the WebSocket (``geo_ws.take_socket``)."""
-        self.server._check_accepting()
+        self.server._hand_over(self.sock)
         self.upgraded = True
         return self.sock, self.sock.recv, self.server.connections
 
@@ -362,22 +364,51 @@ class Server(WSGIServer):
         # A pool, unlike the default spawner, lets stop() wait for the handlers.
         kwargs.setdefault("spawn", Pool())
         super().__init__(listener, application, **kwargs)
+        # gevent's stand-in, the pool's full(), would leave parked WebSockets out.
+        self.__dict__.pop("full", None)
         self.handshake_timeout = handshake_timeout
-        self.connections: set[Connection] = set()
+        self.connections = OpenConnections(self._detached_ended)
         """The open WebSocket connections."""
+        self._taken: set[socket.socket] = set()
         self.idle: set[socket.socket] = set()
         """Connections waiting for a request (shutdown closes them at once)."""
         self.stopping = False
         """Whether :meth:`shutdown` was called."""
 
-    def _check_accepting(self) -> None:
-        """Refuse a WebSocket once :meth:`shutdown` has begun.
+    def full(self) -> bool:
+        """Whether the pool is at its size (if it has one), parked WebSockets included.
+
+        A WebSocket holds a place as long as it is open, with or without a greenlet.
+        """
+        pool = self.pool
+        if pool is None or pool.size is None:
+            return False
+        return len(pool) + len(self.connections.detached) >= pool.size
+
+    def _detached_ended(self) -> None:
+        # A place came free without the pool knowing: accept again if full() stopped it.
+        if self.started and not self.full():
+            self.start_accepting()
+
+    def _hand_over(self, sock: socket.socket) -> None:
+        """A WebSocket takes ``sock`` over: it closes it, maybe long after the request.
 
         Raises:
-            HandshakeError: 503, the server is shutting down.
+            HandshakeError: 503, :meth:`shutdown` has begun.
         """
         if self.stopping:
             raise HandshakeError(503, "the server is shutting down")
+        # do_close sees the raw socket, not its TLS wrapper: a TLS connection is never
+        # parked (its bytes go through the wrapper), so it has closed both by then.
+        if not hasattr(sock, "getpeercert"):
+            self._taken.add(sock)
+
+    def do_close(self, sock: socket.socket, *args: Any) -> None:
+        """After a client's handler: close its socket, unless a WebSocket took it."""
+        if sock in self._taken:
+            self._taken.discard(sock)
+        else:
+            sock.close()
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         """Serve one client connection (called by gevent in its own greenlet).
@@ -443,7 +474,17 @@ class Server(WSGIServer):
                 pass
         for connection in list(self.connections):
             connection.request_close(1001, "server shutting down")
-        self.stop(timeout=timeout)
+        # Parked connections have no greenlet in the pool: wait for them first.
+        deadline = time.monotonic() + timeout
+        self.connections.none_left.wait(timeout)
+        self.stop(timeout=max(0.0, deadline - time.monotonic()))
+        # What woke from parking and is still busy past the deadline (stop() killed the
+        # pool's greenlets the same way): its close handler runs as it dies.
+        loop = gevent.get_hub().loop
+        for connection in list(self.connections):
+            if connection.owner is not None:
+                loop.run_callback(connection.owner.throw, GreenletExit)
+        self.connections.none_left.wait(1.0)
 
 
 def _settle() -> None:

@@ -3,22 +3,28 @@
 An endpoint is a Flask URL rule with ``websocket=True``, so converters, blueprints,
 ``url_prefix`` and ``before_request`` hooks work as for any view, and an HTTP route
 may share the path. The view checks the handshake, takes the socket over, answers
-101 and runs the connection on the request's own greenlet, inside its request
-context, until it closes.
+101 and runs the connect handler on the request's own greenlet. When the server lets
+the socket outlive the WSGI call (geo_ws's own), an idle connection then parks: it
+holds no greenlet until data comes, and its handlers run on worker greenlets inside
+the same request context, which is torn down when the connection closes.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableSet, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
+import greenlet
 from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+from flask.ctx import RequestContext
+from flask.globals import request_ctx
 from werkzeug.datastructures import Headers
 from werkzeug.routing import WebsocketMismatch
 
@@ -37,7 +43,7 @@ from .handshake import (
 from .options import UNSET, Options
 from .params import QueryParams
 from .registry import Registry, new_id
-from .wsgi import Transport, take_over
+from .wsgi import OpenConnections, Transport, take_over
 
 __all__ = ["EVENTS", "INJECTABLE", "WebSocket", "WebSocketConnector"]
 
@@ -393,13 +399,7 @@ class WebSocket:
             headers.append(("Sec-WebSocket-Extensions", negotiated[0]))
         if not transport.upgraded:  # else the server has sent its own 101
             connection.send_handshake(response_101(key, headers))
-        if transport.connections is not None:
-            transport.connections.add(connection)
-        try:
-            connector._run()
-        finally:
-            if transport.connections is not None:
-                transport.connections.discard(connection)
+        connector._run(transport)
         return _EndOfSocket(transport)
 
 
@@ -443,6 +443,11 @@ class WebSocketConnector:
         self._state = state
         self._registry = state.registries[endpoint]
         self._connection = connection
+        self._connections: MutableSet[Connection] | None = None
+        self._parking = False
+        # Once parked: the greenlet context and the Flask request context it holds.
+        self._context: contextvars.Context | None = None
+        self._request_context: RequestContext | None = None
 
     @property
     def latency(self) -> float | None:
@@ -541,24 +546,44 @@ class WebSocketConnector:
 
     # -- the connection's life ---------------------------------------------------------
 
-    def _run(self) -> None:
-        """Serve the connection until it closes; the close handler runs exactly once."""
+    def _run(self, transport: Transport) -> None:
+        """Serve the connection from its connect handler on, on the request's greenlet.
+
+        Returns once it has closed, or once it is idle and parked (when the server
+        leaves the socket to it past the WSGI call): then a new greenlet serves it
+        whenever data comes, inside this request's context, until it closes.
+        """
         connection = self._connection
+        self._connections = transport.connections
+        if self._connections is not None:
+            self._connections.add(connection)
+        self._parking = transport.detachable and connection.can_park
         self._broker.listen()  # from now on, sends from other processes arrive here
         self._registry.add(self.id, connection)
+        self._serve(connect=True)
+
+    def _serve(self, connect: bool = False) -> None:
+        """Handle what has come; park when nothing more has; once closed, run the
+        close handler (exactly once) and close."""
+        connection = self._connection
         try:
-            self._dispatch("connect", "")
+            if connect:
+                self._dispatch("connect", "")
             while connection.close_request is None:
                 try:
-                    message = connection.receive()
+                    message = connection.receive_nowait() if self._parking else connection.receive()
                 except (Interrupted, ConnectionClosed):
                     break
+                if message is None:
+                    self._park()
+                    return
                 self._dispatch("message", message)
         except BaseException:
             # Killed (server stop) or a bug: nothing more may be sent.
             self._registry.remove(self.id)
             self._dispatch("close", "", deliver=False)
             connection.abort()
+            self._end()
             raise
         self._registry.remove(self.id)
         request_ = connection.close_request
@@ -569,6 +594,34 @@ class WebSocketConnector:
             connection.close(request_[0], request_[1])
         else:
             connection.close(connection.echo_code, "")
+        self._end()
+
+    def _park(self) -> None:
+        """Let the current greenlet go until data (or a close request) comes."""
+        if self._context is None:
+            # Still in the view: keep its request context for the handlers to come.
+            # Pushed once more, Flask's pop at the view's end leaves it (and its
+            # teardown) to _end; the greenlet's own context holds it meanwhile.
+            self._request_context = request_ctx._get_current_object()  # type: ignore[attr-defined]
+            self._request_context.push()
+            self._context = greenlet.getcurrent().gr_context
+            cast(OpenConnections, self._connections).detach(self._connection)
+        self._connection.park(self._resume)
+
+    def _resume(self) -> None:
+        assert self._context is not None
+        self._context.run(self._serve)
+
+    def _end(self) -> None:
+        """The connection is over: leave the server's set, end the request context."""
+        if self._connections is not None:
+            self._connections.discard(self._connection)
+        context, self._request_context = self._request_context, None
+        if context is not None:
+            try:
+                context.pop()  # the view's context, kept when the connection parked
+            except Exception:
+                logger.exception("tearing down the request of WebSocket %s", self._endpoint.path)
 
     def _dispatch(self, event: str, message: str | bytes, *, deliver: bool = True) -> None:
         """Run the ``event`` handler; send what it returns; on error, close with 1011."""

@@ -5,7 +5,8 @@ that knows how, and how each expects the WSGI call to end afterwards:
 
 - geo_ws's own server (:mod:`geo_ws.server`, also behind
   :class:`geo_ws.gunicorn.Worker`) puts ``geo_ws.take_socket`` in the environ;
-  afterwards the app returns an empty body and the server writes nothing.
+  afterwards the app returns an empty body and the server writes nothing, nor closes
+  the socket: the WebSocket may go on without the request's greenlet.
 - gunicorn's ``-k gevent`` worker puts the socket in ``gunicorn.socket``;
   afterwards the app raises ``StopIteration``, which gunicorn takes as "close
   quietly" (``workers/base_async.py``). Bytes its parser read past the request head
@@ -29,14 +30,51 @@ from collections.abc import Callable, Iterable, MutableSet
 from dataclasses import dataclass
 from typing import Any
 
+from gevent.event import Event
 from gevent.pywsgi import WSGIHandler
 
 from .connection import Connection
 
-__all__ = ["TAKE_SOCKET", "Transport", "take_over"]
+__all__ = ["TAKE_SOCKET", "OpenConnections", "Transport", "take_over"]
 
 TAKE_SOCKET = "geo_ws.take_socket"
 """Environ key of geo_ws's server: a callable returning ``(socket, recv, connections)``."""
+
+
+class OpenConnections(set[Connection]):
+    """The open WebSocket connections of a server, offered with its sockets.
+
+    Args:
+        on_detached_end: called when a :attr:`detached` connection ends.
+    """
+
+    def __init__(self, on_detached_end: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.detached: set[Connection] = set()
+        """Those that went on past their WSGI call, without its greenlet (parked)."""
+        self.none_left = Event()
+        """Set while there is none (shutdown waits for it)."""
+        self.none_left.set()
+        self._on_detached_end = on_detached_end
+
+    def add(self, connection: Connection) -> None:
+        """Count ``connection`` in."""
+        super().add(connection)
+        self.none_left.clear()
+
+    def detach(self, connection: Connection) -> None:
+        """``connection`` goes on past its WSGI call."""
+        self.detached.add(connection)
+
+    def discard(self, connection: object) -> None:
+        """``connection`` has ended."""
+        super().discard(connection)
+        if connection in self.detached:
+            self.detached.discard(connection)
+            if self._on_detached_end is not None:
+                self._on_detached_end()
+        if not self:
+            self.none_left.set()
 
 
 @dataclass
@@ -48,7 +86,8 @@ class Transport:
     recv: Callable[[int], bytes]
     """Reads from the client, starting with any bytes the server already buffered."""
     connections: MutableSet[Connection] | None
-    """The server's set of open WebSocket connections (closed with 1001 on shutdown)."""
+    """The server's set of open WebSocket connections (closed with 1001 on shutdown);
+    an :class:`OpenConnections` where the connection may outlive the WSGI call."""
     stop_iteration: bool = False
     """End the WSGI call by raising ``StopIteration`` (gunicorn) instead of returning."""
     upgraded: bool = False
@@ -56,6 +95,9 @@ class Transport:
     finish: Callable[[Any], Any] | None = None
     """Called with ``start_response`` once the socket is done, to tell the server the
     connection is over."""
+    detachable: bool = False
+    """The server leaves the socket open when the WSGI call ends: the connection may
+    outlive it (see :meth:`geo_ws.connection.Connection.park`)."""
 
     def end_response(self, start_response: Any = None) -> Iterable[bytes]:
         """End the WSGI call the way this server expects once the socket is done."""
@@ -75,7 +117,8 @@ def take_over(environ: dict[str, Any]) -> Transport | None:
         # need not keep them.
         del environ[TAKE_SOCKET]
         environ.pop("wsgi.websocket", None)
-        return Transport(sock, recv, connections)
+        detachable = isinstance(connections, OpenConnections)
+        return Transport(sock, recv, connections, detachable=detachable)
     websocket: Any = environ.get("wsgi.websocket")
     upgraded_by = getattr(websocket, "handler", None)  # gevent-websocket's, past its 101
     if upgraded_by is not None:

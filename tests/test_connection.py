@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
+from gevent.event import AsyncResult
 
 from geo_ws.connection import Connection, Interrupted, Outgoing
 from geo_ws.exceptions import ConnectionClosed
@@ -176,3 +177,38 @@ def test_pings_during_a_closing_handshake_are_not_answered(pair: tuple[Connectio
     peer.send(Opcode.CLOSE, encode_close(1000))
     closing.get(timeout=WAIT)
     assert peer.sock.recv(100) == b""  # EOF, no Pong
+
+
+def test_a_parked_connection_is_served_by_a_worker_once_data_comes(
+    pair: tuple[Connection, Peer],
+) -> None:
+    connection, peer = pair
+    assert connection.can_park
+    assert connection.receive_nowait() is None  # nothing came yet: park rather than wait
+    served: AsyncResult[tuple[str | bytes | None, object]] = AsyncResult()
+
+    def serve() -> None:
+        served.set((connection.receive_nowait(), gevent.getcurrent()))
+
+    connection.park(serve)
+    peer.send(Opcode.TEXT, b"hi")
+    message, worker = served.get(timeout=WAIT)
+    assert message == "hi"
+    assert worker is not gevent.getcurrent()
+    assert connection.owner is None  # serve returned: nothing holds the connection
+
+
+def test_request_close_wakes_a_parked_connection(pair: tuple[Connection, Peer]) -> None:
+    connection, _ = pair
+    assert connection.receive_nowait() is None
+    interrupted = AsyncResult()
+
+    def serve() -> None:
+        try:
+            connection.receive_nowait()
+        except Interrupted:
+            interrupted.set(True)
+
+    connection.park(serve)
+    connection.request_close(1001, "going away")
+    assert interrupted.get(timeout=WAIT)

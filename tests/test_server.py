@@ -17,10 +17,14 @@ from typing import Any
 import gevent
 import pytest
 import websocket
+from flask import Flask
+from gevent.event import Event
+from gevent.pool import Pool
 
 from geo_ws.frames import Opcode, encode_frame
 from geo_ws.protocol import Message, Protocol
 from geo_ws.server import Server
+from geo_ws.websocket import WebSocket
 from tests.helpers import WAIT, RawClient
 from tests.live_apps.closing import app as closing_app
 from tests.live_apps.process import TIMEOUT_FACTOR, ServerProcess, run_python
@@ -131,6 +135,58 @@ def test_shutdown_in_process_sends_1001_and_stops_listening() -> None:
         client.close()
         if stopper is None or not stopper.dead:
             server.shutdown(timeout=1)
+
+
+def test_shutdown_kills_a_handler_still_busy_at_the_deadline() -> None:
+    # The handler runs on a worker greenlet (the connection parked after connecting),
+    # outside the server's pool: shutdown must still end it, and run the close handler.
+    app = Flask(__name__)
+    endpoint = WebSocket(app, "/ws")
+    busy, closed = Event(), Event()
+
+    @endpoint.on("message")
+    def message() -> None:
+        busy.set()
+        gevent.sleep(60)
+
+    endpoint.on("close")(closed.set)
+    server = Server(("127.0.0.1", 0), app, log=None)
+    server.start()
+    client = RawClient(f"127.0.0.1:{server.address[1]}", "/ws")
+    try:
+        client.send_text("work")
+        assert busy.wait(WAIT)
+        with gevent.Timeout(WAIT):
+            server.shutdown(timeout=0.5)
+        assert closed.is_set()
+        assert server.connections == set()
+    finally:
+        client.close()
+
+
+def test_a_bounded_pool_counts_every_open_websocket() -> None:
+    # gunicorn's --worker-connections: an idle WebSocket holds no greenlet, but a place.
+    server = Server(("127.0.0.1", 0), closing_app, log=None, spawn=Pool(2))
+    server.start()
+    address = f"127.0.0.1:{server.address[1]}"
+    try:
+        first, second = RawClient(address, "/ws"), RawClient(address, "/ws")
+        assert first.recv() == second.recv() == "welcome"
+        assert len(server.connections.detached) == 2
+        third = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+        third.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        third.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            third.recv(1)  # not accepted: both places are taken
+        first.send_close(1000)
+        third.settimeout(WAIT)
+        assert third.recv(12) == b"HTTP/1.1 101"
+        third.close()
+    finally:
+        server.shutdown(timeout=1)
 
 
 def test_http_routes_and_websocket_share_one_port(serve: Serve) -> None:

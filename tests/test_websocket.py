@@ -579,6 +579,58 @@ def test_flask_request_g_session_and_current_app_work_in_handlers(app: Flask, se
     assert json.loads(client.recv())[3] == 2
 
 
+def test_the_request_teardown_runs_when_the_connection_ends(app: Flask, serve) -> None:
+    # Between messages the connection waits without its request's greenlet; its request
+    # context lives on and is torn down once, after the close handler.
+    websocket = WebSocket(app, "/ws")
+    events: list[str] = []
+    torn_down = Event()
+
+    @app.teardown_request
+    def teardown(error: BaseException | None) -> None:
+        events.append("teardown")
+        torn_down.set()
+
+    @websocket.on("message")
+    def message(msg):
+        gevent.sleep(0)  # a handler that blocks, on a worker greenlet
+        return request.path + " " + msg
+
+    @websocket.on("close")
+    def closed():
+        events.append("close " + request.path)
+
+    client = connect(serve(app), "/ws")
+    for text in ("a", "b"):
+        client.send(text)
+        assert client.recv() == "/ws " + text
+    assert events == []
+    client.close()
+    assert torn_down.wait(WAIT)
+    assert events == ["close /ws", "teardown"]
+
+
+def test_idle_connections_hold_no_greenlet(app: Flask, serve) -> None:
+    import gc
+
+    from greenlet import greenlet
+
+    websocket = WebSocket(app, "/ws")
+    websocket.on("message")(lambda msg: msg)
+    address = serve(app)
+
+    def running() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and o)
+
+    before = running()
+    clients = [connect(address, "/ws") for _ in range(20)]
+    for client in clients:
+        client.send("x")
+        assert client.recv() == "x"
+    assert len(websocket.connection_ids()) == 20
+    assert running() - before < 5
+
+
 def test_before_request_can_refuse_the_handshake(app: Flask, serve) -> None:
     websocket = WebSocket(app, "/ws")
     websocket.on("connect")(lambda: "welcome")
