@@ -602,8 +602,13 @@ class WebSocketConnector:
             # Still in the view: keep its request context for the handlers to come.
             # Pushed once more, Flask's pop at the view's end leaves it (and its
             # teardown) to _end; the greenlet's own context holds it meanwhile.
-            self._request_context = request_ctx._get_current_object()  # type: ignore[attr-defined]
-            self._request_context.push()
+            held: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
+            adapter, held.url_adapter = held.url_adapter, None
+            try:
+                held.push()  # without matching the URL again: the view's match stands
+            finally:
+                held.url_adapter = adapter
+            self._request_context = held
             self._context = greenlet.getcurrent().gr_context
             cast(OpenConnections, self._connections).detach(self._connection)
         self._connection.park(self._resume)
