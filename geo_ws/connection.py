@@ -14,6 +14,7 @@ stalls a broadcast. A client whose outbox overflows is closed with 1008.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -92,8 +93,11 @@ class _Workers:
         self._hub = hub
         self._idle: list[greenlet] = []
 
-    def run(self, job: Callable[[], None]) -> greenlet:
-        """Run ``job`` on a worker; call it from the hub. Returns the worker."""
+    def serve(self, connection: Connection) -> None:
+        """Serve a woken connection on a worker; call it from the hub.
+
+        Returns once the worker parks the connection again, blocks or is done.
+        """
         idle = self._idle
         while idle:
             worker = idle.pop()
@@ -101,21 +105,30 @@ class _Workers:
                 break
         else:
             worker = greenlet(self._work, parent=self._hub)
-        worker.switch(job)
-        return worker
+        # The worker runs in the context park() was given; a Context.run() per
+        # wake-up would cost more.
+        worker.gr_context = connection._context
+        worker.switch(connection)
 
-    def _work(self, job: Callable[[], None]) -> None:
+    def _work(self, connection: Connection) -> None:
+        me = getcurrent()
         while True:
+            serve, connection._parked = connection._parked, None
+            connection._owner = me
             try:
-                job()
+                if serve is not None:
+                    serve()
             except GreenletExit:
                 return  # killed (server shutdown): the connection has ended
             except BaseException:
-                self._hub.handle_error(getcurrent(), *sys.exc_info())
+                self._hub.handle_error(me, *sys.exc_info())
+            finally:
+                if connection._owner is me:
+                    connection._owner = None
             if len(self._idle) >= self.KEEP:
                 return
-            self._idle.append(getcurrent())
-            job = self._hub.switch()  # until run() hands over the next job
+            self._idle.append(me)
+            connection = self._hub.switch()  # until serve() hands over the next one
 
 
 def _flusher() -> _Flusher:
@@ -128,7 +141,7 @@ def _flusher() -> _Flusher:
 
 
 def _workers() -> _Workers:
-    """The workers of this thread's hub."""
+    """The workers of this thread's hub (kept on the hub, so they go with it)."""
     hub: Any = gevent.get_hub()
     workers: _Workers | None = getattr(hub, "_geo_ws_workers", None)
     if workers is None:
@@ -226,6 +239,7 @@ class Connection:
         "_lost",
         "_outbox",
         "_outbox_bytes",
+        "_context",
         "_overflowed",
         "_owner",
         "_parked",
@@ -235,6 +249,7 @@ class Connection:
         "_tcp_closed",
         "_timer",
         "_wait_first",
+        "_workers",
         "_writer",
         "close_request",
         "close_timeout",
@@ -298,6 +313,8 @@ class Connection:
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._parked: Callable[[], None] | None = None  # what serves it once it wakes
         self._owner: greenlet | None = None  # the worker serving it since it woke up
+        self._context: contextvars.Context | None = None  # the one serve runs in
+        self._workers: _Workers | None = None
         self._lost = False
         # How receiving ended, once it has: (code, reason). Not the exception itself: its
         # traceback would reference this connection, and the cycle would leave every
@@ -505,15 +522,18 @@ class Connection:
         """Whether this connection can :meth:`park` (a plain gevent socket, read directly)."""
         return self._wait_first
 
-    def park(self, serve: Callable[[], None]) -> None:
+    def park(self, serve: Callable[[], None], context: contextvars.Context | None = None) -> None:
         """Let the owning greenlet go while there is nothing to read.
 
         The event loop watches the socket instead; once it is readable or a close is
-        requested, a new greenlet (:attr:`owner`) runs ``serve``, which reads on with
-        :meth:`receive_nowait` and may park again. Call it when :meth:`receive_nowait`
-        returned ``None``, then return.
+        requested, a worker greenlet (:attr:`owner`) runs ``serve`` in ``context``;
+        ``serve`` reads on with :meth:`receive_nowait` and may park again. Call it when
+        :meth:`receive_nowait` returned ``None``, then return.
         """
         self._parked = serve
+        self._context = context
+        if self._workers is None:
+            self._workers = _workers()
         sock: Any = self.sock
         sock._read_event.start(self._wake)
         if self.close_request is not None:  # requested while the owner was busy
@@ -526,23 +546,10 @@ class Connection:
 
     def _wake(self) -> None:
         """In the hub: the socket is readable, or a close was requested, while parked."""
-        if self._parked is None:
-            return
-        sock: Any = self.sock
-        sock._read_event.stop()
-        self._drained = False  # or a closing handshake is next: reading will wait anyway
-        _workers().run(self._serve)  # returns once it parks again, blocks or ends
-
-    def _serve(self) -> None:
-        """On a worker: run what :meth:`park` was given."""
-        serve, self._parked = self._parked, None
-        assert serve is not None
-        owner = self._owner = getcurrent()
-        try:
-            serve()
-        finally:
-            if self._owner is owner:
-                self._owner = None
+        if self._parked is not None:
+            self.sock._read_event.stop()  # type: ignore[attr-defined]
+            self._drained = False  # or a closing handshake is next: reading waits anyway
+            self._workers.serve(self)  # type: ignore[union-attr]
 
     def _read_events(self) -> list[Event]:
         """Read once from the socket (interruptible) and parse what came."""

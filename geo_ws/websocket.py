@@ -611,11 +611,7 @@ class WebSocketConnector:
             self._request_context = held
             self._context = greenlet.getcurrent().gr_context
             cast(OpenConnections, self._connections).detach(self._connection)
-        self._connection.park(self._resume)
-
-    def _resume(self) -> None:
-        assert self._context is not None
-        self._context.run(self._serve)
+        self._connection.park(self._serve, self._context)
 
     def _end(self) -> None:
         """The connection is over: leave the server's set, end the request context."""
