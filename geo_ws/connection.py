@@ -22,7 +22,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 from gevent import Greenlet
@@ -33,7 +33,7 @@ from .exceptions import ConnectionClosed
 from .frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
 from .protocol import Close, Event, Failure, Message, Ping, Pong, Protocol
 
-__all__ = ["Connection", "Interrupted", "Outgoing"]
+__all__ = ["Connection", "Interrupted", "Outgoing", "is_tls"]
 
 logger = logging.getLogger("geo_ws")
 
@@ -131,22 +131,21 @@ class _Workers:
             connection = self._hub.switch()  # until serve() hands over the next one
 
 
-def _flusher() -> _Flusher:
-    """The flusher of this thread's hub (kept on the hub, so it goes with it)."""
-    hub: Any = gevent.get_hub()
-    flusher: _Flusher | None = getattr(hub, "_geo_ws_flusher", None)
-    if flusher is None:
-        flusher = hub._geo_ws_flusher = _Flusher(hub.loop)
-    return flusher
+T = TypeVar("T")
 
 
-def _workers() -> _Workers:
-    """The workers of this thread's hub (kept on the hub, so they go with it)."""
+def _per_hub(attribute: str, make: Callable[[Any], T]) -> T:
+    """``make(hub)`` once per hub (one per thread), kept on the hub: it goes with it."""
     hub: Any = gevent.get_hub()
-    workers: _Workers | None = getattr(hub, "_geo_ws_workers", None)
-    if workers is None:
-        workers = hub._geo_ws_workers = _Workers(hub)
-    return workers
+    value: T | None = getattr(hub, attribute, None)
+    if value is None:
+        value = make(hub)
+        setattr(hub, attribute, value)
+    return value
+
+
+def _read_buffer(hub: Any) -> memoryview:
+    return memoryview(bytearray(READ_SIZE))
 
 
 class Outgoing:
@@ -203,6 +202,12 @@ class Outgoing:
         return frame
 
 
+def is_tls(sock: socket.socket) -> bool:
+    """Whether ``sock`` is a TLS socket (its bytes must go through its own methods)."""
+    # On the type: a gevent socket's __getattr__ would raise for every plain socket.
+    return hasattr(type(sock), "getpeercert")
+
+
 class Interrupted(Exception):
     """Raised inside :meth:`Connection.receive` when a close was requested meanwhile."""
 
@@ -232,6 +237,7 @@ class Connection:
         "_direct",
         "_drained",
         "_ended",
+        "_buffer",
         "_events",
         "_fd",
         "_flush_pending",
@@ -286,7 +292,7 @@ class Connection:
         self._fd = sock.fileno()
         # gevent keeps descriptors non-blocking; os.write on one never switches greenlets.
         # Not under TLS: the bytes must go through the TLS layer, i.e. the socket's send.
-        self._direct = not os.get_blocking(self._fd) and not hasattr(sock, "getpeercert")
+        self._direct = not os.get_blocking(self._fd) and not is_tls(sock)
         # A client that waits for each answer has sent nothing more when we read again:
         # a read would fail (a system call and an exception) before gevent waits. Once a
         # read has emptied the kernel buffer, wait for the socket first, with gevent's own
@@ -309,7 +315,9 @@ class Connection:
         self._outbox_bytes = 0
         self._writer: Greenlet[Any, None] | None = None
         self._flush_pending = False  # waiting for the flusher
-        self._flusher = _flusher()
+        self._flusher = _per_hub("_geo_ws_flusher", lambda hub: _Flusher(hub.loop))
+        # Plain sockets are read into the hub's buffer (see _read_events).
+        self._buffer = _per_hub("_geo_ws_read_buffer", _read_buffer) if self._wait_first else None
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._parked: Callable[[], None] | None = None  # what serves it once it wakes
         self._owner: greenlet | None = None  # the worker serving it since it woke up
@@ -533,7 +541,7 @@ class Connection:
         self._parked = serve
         self._context = context
         if self._workers is None:
-            self._workers = _workers()
+            self._workers = _per_hub("_geo_ws_workers", _Workers)
         sock: Any = self.sock
         sock._read_event.start(self._wake)
         if self.close_request is not None:  # requested while the owner was busy
@@ -555,10 +563,18 @@ class Connection:
         """Read once from the socket (interruptible) and parse what came."""
         self._reading = gevent.getcurrent()
         try:
-            if self._drained and self._wait_first:
+            buffer = self._buffer
+            if buffer is None:
+                data = self._recv(READ_SIZE)
+            else:
                 sock: Any = self.sock
-                sock._wait(sock._read_event)
-            data = self._recv(READ_SIZE)
+                if self._drained:
+                    sock._wait(sock._read_event)
+                # recv(READ_SIZE) would allocate READ_SIZE for every read, small ones
+                # too: the heap's top then grows and shrinks at every message, each
+                # time with fresh pages to fault in. Read into the hub's buffer and
+                # copy out what came (nothing switches greenlets in between).
+                data = bytes(buffer[: sock.recv_into(buffer)])
         except OSError:
             data = b""
         finally:

@@ -407,7 +407,9 @@ class _EndOfSocket(Response):
     """What the view returns once the socket is done: ends the WSGI call quietly."""
 
     def __init__(self, transport: Transport) -> None:
-        super().__init__()
+        # A content type, however empty, spares Werkzeug its look-up of one in the
+        # headers (an exception raised and caught per handshake); nothing is sent.
+        super().__init__(content_type="")
         self._transport = transport
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
