@@ -20,6 +20,7 @@ gunicorn's error log, at gunicorn's ``--log-level``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 from typing import Any
@@ -32,7 +33,7 @@ from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import VERSION, GeventWorker, PyWSGIHandler
 
 from .broker import flush_all
-from .server import Handler, Server
+from .server import Handler, Server, settle_process
 
 __all__ = ["Worker"]
 
@@ -79,6 +80,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
 
     def run(self) -> None:
         """Serve until told to stop, then close every WebSocket with 1001."""
+        settle_process()  # the app is loaded: what exists now lives as long as the worker
         self._stopping = Event()
         self._servers = []
         ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
@@ -109,6 +111,9 @@ class Worker(GeventWorker):  # type: ignore[misc]
             self.notify()
             self._stopping.wait(self._notify_interval())
         self._shutdown()
+        # Frozen objects outlive the modules at exit: their finalizers (logging's weak
+        # references) would then fail noisily. Let the exit finalize them in order.
+        gc.unfreeze()
 
     def _notify_interval(self) -> float:
         # self.timeout is half of --timeout already; 0 means no timeout.

@@ -65,7 +65,7 @@ def gunicorn(
 def assert_no_errors(server: ServerProcess) -> None:
     """Nothing in gunicorn's log (stderr) looks like an error."""
     bad = [line for line in server.stderr.lines if "Traceback" in line or "[ERROR]" in line]
-    assert not bad, server.stderr.lines
+    assert not bad, "\n".join(server.stderr.lines)
 
 
 # -- every worker class ---------------------------------------------------------------------
