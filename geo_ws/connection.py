@@ -234,10 +234,11 @@ class Connection:
 
     # Slots: a server holds thousands of these, mostly idle.
     __slots__ = (
+        "_buffer",
+        "_context",
         "_direct",
         "_drained",
         "_ended",
-        "_buffer",
         "_events",
         "_fd",
         "_flush_pending",
@@ -245,7 +246,6 @@ class Connection:
         "_lost",
         "_outbox",
         "_outbox_bytes",
-        "_context",
         "_overflowed",
         "_owner",
         "_parked",
@@ -570,10 +570,9 @@ class Connection:
                 sock: Any = self.sock
                 if self._drained:
                     sock._wait(sock._read_event)
-                # recv(READ_SIZE) would allocate READ_SIZE for every read, small ones
-                # too: the heap's top then grows and shrinks at every message, each
-                # time with fresh pages to fault in. Read into the hub's buffer and
-                # copy out what came (nothing switches greenlets in between).
+                # recv(READ_SIZE) would allocate, and fault in, READ_SIZE for every
+                # read, small ones too. Read into the hub's buffer and copy out what
+                # came (nothing switches greenlets in between).
                 data = bytes(buffer[: sock.recv_into(buffer)])
         except OSError:
             data = b""

@@ -552,7 +552,7 @@ class WebSocketConnector:
         """Serve the connection from its connect handler on, on the request's greenlet.
 
         Returns once it has closed, or once it is idle and parked (when the server
-        leaves the socket to it past the WSGI call): then a new greenlet serves it
+        leaves the socket to it past the WSGI call): then a worker greenlet serves it
         whenever data comes, inside this request's context, until it closes.
         """
         connection = self._connection
