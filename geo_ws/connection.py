@@ -254,7 +254,6 @@ class Connection:
         "_recv",
         "_tcp_closed",
         "_timer",
-        "_wait_first",
         "_workers",
         "_writer",
         "close_request",
@@ -298,13 +297,16 @@ class Connection:
         # read has emptied the kernel buffer, wait for the socket first, with gevent's own
         # primitive for its sockets. Only when reading the plain gevent socket itself.
         # A new connection starts that way: the client waits for the 101.
+        # Such a socket is also read into the hub's buffer (see _read_events), and only
+        # such a connection can park: its buffer says which it is.
         self._drained = True
-        self._wait_first = (
+        plain = (
             self._direct
             and self._recv == sock.recv
             and hasattr(sock, "_wait")
             and getattr(sock, "_read_event", None) is not None
         )
+        self._buffer = _per_hub("_geo_ws_read_buffer", _read_buffer) if plain else None
         self.protocol = Protocol(max_message_size=max_message_size, deflate=deflate)
         self.deflate = deflate
         """The permessage-deflate state negotiated in the handshake, if any."""
@@ -316,8 +318,6 @@ class Connection:
         self._writer: Greenlet[Any, None] | None = None
         self._flush_pending = False  # waiting for the flusher
         self._flusher = _per_hub("_geo_ws_flusher", lambda hub: _Flusher(hub.loop))
-        # Plain sockets are read into the hub's buffer (see _read_events).
-        self._buffer = _per_hub("_geo_ws_read_buffer", _read_buffer) if self._wait_first else None
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._parked: Callable[[], None] | None = None  # what serves it once it wakes
         self._owner: greenlet | None = None  # the worker serving it since it woke up
@@ -521,14 +521,14 @@ class Connection:
                     raise ConnectionClosed.for_code(event.code, event.reason)
             if self.close_request is not None:
                 raise Interrupted
-            if not wait and self._drained and self._wait_first:
+            if not wait and self._drained and self._buffer is not None:
                 return None
             self._events = iter(self._read_events())
 
     @property
     def can_park(self) -> bool:
         """Whether this connection can :meth:`park` (a plain gevent socket, read directly)."""
-        return self._wait_first
+        return self._buffer is not None
 
     def park(self, serve: Callable[[], None], context: contextvars.Context | None = None) -> None:
         """Let the owning greenlet go while there is nothing to read.
