@@ -87,7 +87,11 @@ def is_upgrade_request(environ: Mapping[str, Any]) -> bool:
 
 def accept_key(key: str) -> str:
     """Return the ``Sec-WebSocket-Accept`` value for a client's ``Sec-WebSocket-Key``."""
-    return base64.b64encode(hashlib.sha1(key.encode("ascii") + GUID).digest()).decode("ascii")
+    return _accept(key).decode("ascii")
+
+
+def _accept(key: str) -> bytes:
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + GUID).digest())
 
 
 def check_request(environ: Mapping[str, Any]) -> str:
@@ -159,6 +163,12 @@ def select_subprotocol(environ: Mapping[str, Any], supported: Sequence[str]) -> 
     return next((name for name in supported if name in offered), None)
 
 
+_101 = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+
+
 def response_101(key: str, headers: list[tuple[str, str]] | None = None) -> bytes:
     """Build the ``101 Switching Protocols`` response that accepts a handshake.
 
@@ -166,11 +176,5 @@ def response_101(key: str, headers: list[tuple[str, str]] | None = None) -> byte
         key: the client's ``Sec-WebSocket-Key`` as returned by :func:`check_request`.
         headers: extra headers, e.g. ``Sec-WebSocket-Protocol``.
     """
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Accept: {accept_key(key)}",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in headers or ())
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers) if headers else ""
+    return b"".join((_101, _accept(key), b"\r\n", extra.encode("latin-1"), b"\r\n"))

@@ -15,7 +15,7 @@ __all__ = ["Registry", "new_id", "node_id", "node_of"]
 logger = logging.getLogger("geo_ws")
 
 _counter = itertools.count(1)
-_node = ("", 0)
+_node = ""
 
 
 def node_id() -> str:
@@ -25,9 +25,18 @@ def node_id() -> str:
     own, so an id says which process holds the connection.
     """
     global _node
-    if _node[1] != os.getpid():
-        _node = (uuid.uuid4().hex[:16], os.getpid())
-    return _node[0]
+    if not _node:
+        _node = uuid.uuid4().hex[:16]
+    return _node
+
+
+def _forget_node() -> None:
+    global _node
+    _node = ""
+
+
+# Drawn again in a forked child; asking the pid at every handshake cost a system call.
+os.register_at_fork(after_in_child=_forget_node)
 
 
 def new_id() -> str:
