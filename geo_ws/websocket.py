@@ -15,18 +15,18 @@ import contextvars
 import inspect
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping, MutableSet, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import greenlet
-from flask import Blueprint, Flask, Response, current_app, has_app_context, request
+from flask import Blueprint, Flask, Response, current_app, has_app_context, request, signals
 from flask.ctx import RequestContext
 from flask.globals import request_ctx
-from werkzeug.datastructures import Headers
-from werkzeug.routing import WebsocketMismatch
+from werkzeug.datastructures import EnvironHeaders, Headers
+from werkzeug.routing import Rule, WebsocketMismatch
 
 from .broker import Broker, get_broker
 from .concurrency import run_coroutine
@@ -45,7 +45,7 @@ from .params import QueryParams
 from .registry import Registry, new_id
 from .wsgi import OpenConnections, Transport, take_over
 
-__all__ = ["EVENTS", "INJECTABLE", "WebSocket", "WebSocketConnector"]
+__all__ = ["EVENTS", "INJECTABLE", "WebSocket", "WebSocketConnector", "direct_lane"]
 
 logger = logging.getLogger("geo_ws")
 
@@ -75,6 +75,8 @@ class _AppState:
     config: Mapping[str, Any] = field(default_factory=dict)
     """The app's config, read when a broker is chosen."""
     brokers: dict[WebSocket, Broker] = field(default_factory=dict)
+    direct: dict[str, tuple[WebSocket, Rule]] | None = None
+    """The paths :func:`direct_lane` serves, made at the first handshake."""
 
     def broker(self, endpoint: WebSocket) -> Broker:
         """The endpoint's broker, chosen on first use (the app's config may come late).
@@ -99,6 +101,118 @@ def _app_state(app: Flask) -> _AppState:
     if state is None:
         state = app.extensions["geo_ws"] = _AppState(config=app.config)
     return state
+
+
+# What Flask's dispatch of a request does besides calling the view, where an app can
+# hook in: a handshake to an app that uses none of it may skip the dispatch.
+_FLASK_DISPATCH = (
+    "__call__",
+    "wsgi_app",
+    "request_context",
+    "app_context",
+    "full_dispatch_request",
+    "preprocess_request",
+    "dispatch_request",
+    "finalize_request",
+    "create_url_adapter",
+)
+_REQUEST_HOOKS = (
+    "before_request_funcs",
+    "after_request_funcs",
+    "teardown_request_funcs",
+    "url_value_preprocessors",
+)
+_DISPATCH_SIGNALS = (
+    signals.request_started,
+    signals.request_finished,
+    signals.request_tearing_down,
+    signals.got_request_exception,
+    signals.appcontext_pushed,
+    signals.appcontext_popped,
+    signals.appcontext_tearing_down,
+)
+
+
+def direct_lane(app: Any) -> Callable[[dict[str, Any]], bool] | None:
+    """Handshakes that need not go through Flask's dispatch, for geo_ws's server.
+
+    Flask's dispatch of a handshake makes a request and its contexts, matches the URL,
+    runs the app's hooks, calls the view and finalizes its response: at a few hundred
+    connections a second, most of a handshake's cost. When the app can observe none
+    of that (no request hooks, signals or middleware, a plain Flask class) and the
+    path is exactly an endpoint's rule (no converters, no view decorators), the
+    endpoint takes the handshake straight from the server. The request context is
+    made only when a handler first runs, so ``flask.request``, ``g`` and
+    ``current_app`` are there for handlers as always.
+
+    Returns:
+        For a Flask app, a function that serves a WebSocket handshake's environ and
+        returns ``True``, or returns ``False`` having done nothing (the app must
+        dispatch it); ``None`` for another WSGI app.
+    """
+    if not isinstance(app, Flask) or any(
+        getattr(type(app), name) is not getattr(Flask, name) for name in _FLASK_DISPATCH
+    ):
+        return None
+
+    def serve(environ: dict[str, Any]) -> bool:
+        state: _AppState | None = app.extensions.get("geo_ws")
+        if state is None or "wsgi_app" in app.__dict__:  # a middleware wraps the app
+            return False
+        if any(signal.receivers for signal in _DISPATCH_SIGNALS):
+            return False
+        routes = state.direct
+        if routes is None:
+            routes = state.direct = _direct_routes(app)
+        route = routes.get(environ["PATH_INFO"])
+        return route is not None and route[0]._serve_direct(app, route[1], environ)
+
+    return serve
+
+
+def _direct_routes(app: Flask) -> dict[str, tuple[WebSocket, Rule]]:
+    """The paths whose handshakes Flask would dispatch to an endpoint's view and
+    nothing else, with the endpoint and rule.
+
+    Made once: the app is marked as serving, as Flask's dispatch would, so that its
+    routes and hooks can no longer change (Flask refuses setup methods from then on).
+    """
+    app._got_first_request = True
+    url_map = app.url_map
+    if url_map.host_matching or app.subdomain_matching or app.config.get("SERVER_NAME"):
+        return {}
+    if app.teardown_appcontext_funcs:
+        return {}
+    by_path: dict[str, list[Rule]] = {}
+    for rule in url_map.iter_rules():
+        if rule.websocket:
+            by_path.setdefault(rule.rule, []).append(rule)
+    routes = {}
+    for path, rules in by_path.items():
+        rule = rules[0]
+        view = app.view_functions.get(rule.endpoint)
+        endpoint = getattr(view, "__self__", None)
+        if (
+            len(rules) == 1  # else Flask's matching decides
+            and isinstance(endpoint, WebSocket)
+            and getattr(view, "__func__", None) is WebSocket._view  # no decorators
+            and not rule.arguments
+            and not rule.defaults
+            and not rule.host
+            and not rule.subdomain
+            and rule.redirect_to is None
+            and not _hooked(app, rule.endpoint)
+        ):
+            routes[path] = (endpoint, rule)
+    return routes
+
+
+def _hooked(app: Flask, endpoint: str) -> bool:
+    """Whether a request to ``endpoint`` has hooks to run (the app's or its blueprints')."""
+    blueprint = endpoint.rpartition(".")[0]
+    parts = blueprint.split(".") if blueprint else []
+    names = [None, *(".".join(parts[: i + 1]) for i in range(len(parts)))]
+    return any(getattr(app, hooks).get(name) for hooks in _REQUEST_HOOKS for name in names)
 
 
 def _websocket_mismatch(error: WebsocketMismatch) -> Response:
@@ -354,27 +468,12 @@ class WebSocket:
 
     def _view(self, **path_params: Any) -> Response:
         """The Flask view: handshake, take the socket over, run the connection."""
-        environ = request.environ
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-        options = self.options(app)
         try:
-            key = check_request(environ)
-            if options.allowed_origins is not None:
-                check_origin(environ, options.allowed_origins)
-            limit = options.max_connections
-            if limit is not None and len(self._registry()) >= limit:
-                raise HandshakeError(503, f"this endpoint is at its limit of {limit}")
-            subprotocol = select_subprotocol(environ, options.subprotocols)
-            negotiated = None
-            if options.compression is not None:
-                offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
-                negotiated = negotiate(offers, options.compression)
-            transport = take_over(environ)
-            if transport is not None and transport.upgraded:
-                subprotocol = negotiated = None  # the server's own 101 offered neither
+            connector = self._open(app, request.environ, path_params)
         except HandshakeError as error:
             return Response(error.reason + "\n", error.status, error.headers, mimetype="text/plain")
-        if transport is None:
+        if connector is None:
             logger.error("%s: this WSGI server cannot hand a socket over", request.path)
             return Response(
                 "this server cannot upgrade to WebSocket: serve the app with geo-ws run, "
@@ -382,6 +481,58 @@ class WebSocket:
                 500,
                 mimetype="text/plain",
             )
+        connector._run()
+        return _EndOfSocket(connector._transport)
+
+    def _serve_direct(self, app: Flask, rule: Rule, environ: dict[str, Any]) -> bool:
+        """Serve a handshake that Flask's dispatch would only have passed to :meth:`_view`
+        (see :func:`direct_lane`), without it.
+
+        Returns:
+            ``False``, having changed nothing, for a handshake to refuse: Flask's
+            dispatch refuses it then, as usual.
+        """
+        try:
+            connector = self._open(app, environ, {}, rule)
+        except HandshakeError:
+            return False
+        if connector is None:
+            return False
+        cast(contextvars.Context, connector._context).run(connector._run)
+        return True
+
+    def _open(
+        self,
+        app: Flask,
+        environ: dict[str, Any],
+        path_params: dict[str, Any],
+        direct: Rule | None = None,
+    ) -> WebSocketConnector | None:
+        """Check the handshake, take the socket over and answer 101.
+
+        Returns:
+            The new client, or ``None`` if the server cannot hand its socket over.
+
+        Raises:
+            HandshakeError: the handshake is refused (before anything was sent).
+        """
+        options = self.options(app)
+        key = check_request(environ)
+        if options.allowed_origins is not None:
+            check_origin(environ, options.allowed_origins)
+        limit = options.max_connections
+        if limit is not None and len(self._registry()) >= limit:
+            raise HandshakeError(503, f"this endpoint is at its limit of {limit}")
+        subprotocol = select_subprotocol(environ, options.subprotocols)
+        negotiated = None
+        if options.compression is not None:
+            offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
+            negotiated = negotiate(offers, options.compression)
+        transport = take_over(environ)
+        if transport is None:
+            return None
+        if transport.upgraded:
+            subprotocol = negotiated = None  # the server's own 101 offered neither
         connection = Connection(
             transport.sock,
             transport.recv,
@@ -392,15 +543,16 @@ class WebSocket:
             ping_timeout=options.ping_timeout,
             deflate=negotiated[1] if negotiated else None,
         )
-        connector = WebSocketConnector(self, _app_state(app), connection, path_params)
+        connector = WebSocketConnector(
+            self, app, connection, transport, environ, path_params, direct
+        )
         connector.subprotocol = subprotocol
         headers = [("Sec-WebSocket-Protocol", subprotocol)] if subprotocol else []
         if negotiated:
             headers.append(("Sec-WebSocket-Extensions", negotiated[0]))
         if not transport.upgraded:  # else the server has sent its own 101
             connection.send_handshake(response_101(key, headers))
-        connector._run(transport)
-        return _EndOfSocket(transport)
+        return connector
 
 
 class _EndOfSocket(Response):
@@ -426,30 +578,43 @@ class WebSocketConnector:
     def __init__(
         self,
         endpoint: WebSocket,
-        state: _AppState,
+        app: Flask,
         connection: Connection,
+        transport: Transport,
+        environ: dict[str, Any],
         path_params: dict[str, Any],
+        direct: Rule | None = None,
     ) -> None:
         self.id = new_id()
         """Unique id of this client (``NODE.N``: NODE says which process holds it)."""
         self.path_params = path_params
         """Values of the rule's converters (``/rooms/<room>`` -> ``{"room": ...}``)."""
-        self.headers: Headers = request.headers
-        """The handshake's request headers."""
-        self.remote_addr: str | None = request.remote_addr
+        self.remote_addr: str | None = environ.get("REMOTE_ADDR")
         """The client's address."""
         self.subprotocol: str | None = None
         """The subprotocol chosen in the handshake, if any."""
-        self._query_string = request.query_string
+        self._environ = environ
         self._endpoint = endpoint
-        self._state = state
+        self._app = app
+        self._state = state = _app_state(app)
         self._registry = state.registries[endpoint]
         self._connection = connection
-        self._connections: MutableSet[Connection] | None = None
+        self._transport = transport
         self._parking = False
-        # Once parked: the greenlet context and the Flask request context it holds.
-        self._context: contextvars.Context | None = None
+        # The request context this connection holds past the view (popped at _end), and
+        # the greenlet context that holds it.
         self._request_context: RequestContext | None = None
+        self._context: contextvars.Context | None = None
+        # Served without Flask's dispatch (direct_lane): the rule matched, until the
+        # request context is made for the first handler.
+        self._direct = direct
+        if direct is not None:
+            self._context = contextvars.Context()
+
+    @cached_property
+    def headers(self) -> Headers:
+        """The handshake's request headers."""
+        return EnvironHeaders(self._environ)
 
     @property
     def latency(self) -> float | None:
@@ -459,7 +624,8 @@ class WebSocketConnector:
     @cached_property
     def query_params(self) -> QueryParams:
         """The handshake's query string (Robyn's ``QueryParams``)."""
-        return QueryParams(self._query_string.decode("utf-8", "replace"))
+        query: str = self._environ.get("QUERY_STRING", "")
+        return QueryParams(query.encode("latin-1").decode("utf-8", "replace"))
 
     # -- Robyn's API -------------------------------------------------------------------
 
@@ -548,7 +714,7 @@ class WebSocketConnector:
 
     # -- the connection's life ---------------------------------------------------------
 
-    def _run(self, transport: Transport) -> None:
+    def _run(self) -> None:
         """Serve the connection from its connect handler on, on the request's greenlet.
 
         Returns once it has closed, or once it is idle and parked (when the server
@@ -556,10 +722,10 @@ class WebSocketConnector:
         whenever data comes, inside this request's context, until it closes.
         """
         connection = self._connection
-        self._connections = transport.connections
-        if self._connections is not None:
-            self._connections.add(connection)
-        self._parking = transport.detachable and connection.can_park
+        connections = self._transport.connections
+        if connections is not None:
+            connections.add(connection)
+        self._parking = self._transport.detachable and connection.can_park
         self._broker.listen()  # from now on, sends from other processes arrive here
         self._registry.add(self.id, connection)
         self._serve(connect=True)
@@ -600,25 +766,42 @@ class WebSocketConnector:
 
     def _park(self) -> None:
         """Let the current greenlet go until data (or a close request) comes."""
-        if self._context is None:
-            # Still in the view: keep its request context for the handlers to come.
-            # Pushed once more, Flask's pop at the view's end leaves it (and its
-            # teardown) to _end; the greenlet's own context holds it meanwhile.
-            held: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
-            adapter, held.url_adapter = held.url_adapter, None
-            try:
-                held.push()  # without matching the URL again: the view's match stands
-            finally:
-                held.url_adapter = adapter
-            self._request_context = held
-            self._context = greenlet.getcurrent().gr_context
-            cast(OpenConnections, self._connections).detach(self._connection)
-        self._connection.park(self._serve, self._context)
+        connection = self._connection
+        connections = cast(OpenConnections, self._transport.connections)
+        if connection not in connections.detached:
+            if self._context is None:
+                # Still in the view: keep its request context for the handlers to come.
+                # Pushed once more, Flask's pop at the view's end leaves it (and its
+                # teardown) to _end; the greenlet's own context holds it meanwhile.
+                held: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
+                self._push(held)
+                self._context = greenlet.getcurrent().gr_context
+            connections.detach(connection)
+        connection.park(self._serve, self._context)
+
+    def _push(self, context: RequestContext) -> None:
+        """Push ``context`` without matching the URL again: the rule matched stands."""
+        adapter, context.url_adapter = context.url_adapter, None
+        try:
+            context.push()
+        finally:
+            context.url_adapter = adapter
+        self._request_context = context
+
+    def _enter_request(self, rule: Rule) -> None:
+        """Make and push the request context that Flask's dispatch would have made
+        (the first handler of a connection served by :func:`direct_lane` needs it)."""
+        self._direct = None
+        context = self._app.request_context(self._environ)
+        context.request.url_rule = rule
+        context.request.view_args = {}
+        self._push(context)
 
     def _end(self) -> None:
         """The connection is over: leave the server's set, end the request context."""
-        if self._connections is not None:
-            self._connections.discard(self._connection)
+        connections = self._transport.connections
+        if connections is not None:
+            connections.discard(self._connection)
         context, self._request_context = self._request_context, None
         if context is not None:
             try:
@@ -631,6 +814,8 @@ class WebSocketConnector:
         handler = self._endpoint._handlers.get(event)
         if handler is None:
             return
+        if self._direct is not None:
+            self._enter_request(self._direct)
         try:
             result = handler.fn(**{name: self._inject(name, message) for name in handler.params})
             if inspect.isawaitable(result):
@@ -657,7 +842,7 @@ class WebSocketConnector:
     def _send_result(self, event: str, result: Any) -> None:
         """Send a handler's return value: str as text, bytes as binary, dict/list as JSON."""
         if isinstance(result, (dict, list)):
-            result = current_app.json.dumps(result)
+            result = self._app.json.dumps(result)
         if not isinstance(result, (str, bytes, bytearray, memoryview)):
             raise TypeError(
                 f"the {event} handler returned {type(result).__name__}: return str, bytes, "
