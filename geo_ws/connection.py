@@ -33,7 +33,7 @@ from .exceptions import ConnectionClosed
 from .frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
 from .protocol import Close, Event, Failure, Message, Ping, Pong, Protocol
 
-__all__ = ["Connection", "Interrupted", "Outgoing", "is_tls"]
+__all__ = ["Connection", "Interrupted", "Outgoing", "Workers", "is_tls", "workers"]
 
 logger = logging.getLogger("geo_ws")
 
@@ -77,12 +77,12 @@ class _Flusher:
             connection._flush()
 
 
-class _Workers:
-    """The greenlets that serve connections woken from :meth:`Connection.park`.
+class Workers:
+    """Greenlets that run one job after another, for one event loop (:func:`workers`).
 
-    A worker that is done waits for the next wake-up rather than ending: a client
-    that waits for each answer wakes its connection for every message, and a new
-    greenlet each time would cost more than the message. At most :attr:`KEEP` wait.
+    A worker that is done waits for the next job rather than ending: a client that
+    waits for each answer wakes its connection for every message, and a new greenlet
+    each time would cost more than the message. At most :attr:`KEEP` wait.
     """
 
     KEEP = 64
@@ -93,10 +93,11 @@ class _Workers:
         self._hub = hub
         self._idle: list[greenlet] = []
 
-    def serve(self, connection: Connection) -> None:
-        """Serve a woken connection on a worker; call it from the hub.
+    def run(self, job: Callable[[], object], context: contextvars.Context | None) -> None:
+        """Run ``job`` on a worker, in ``context``; call it from the hub.
 
-        Returns once the worker parks the connection again, blocks or is done.
+        Returns once the job is done or blocks. A job killed with ``GreenletExit``
+        ends its worker; other exceptions go to the hub's error handler.
         """
         idle = self._idle
         while idle:
@@ -105,30 +106,25 @@ class _Workers:
                 break
         else:
             worker = greenlet(self._work, parent=self._hub)
-        # The worker runs in the context park() was given; a Context.run() per
-        # wake-up would cost more.
-        worker.gr_context = connection._context
-        worker.switch(connection)
+        # The job runs in its own context (None: a fresh one, made if it is used); a
+        # Context.run() per job would cost more.
+        worker.gr_context = context
+        worker.switch(job)
 
-    def _work(self, connection: Connection) -> None:
+    def _work(self, job: Callable[[], object]) -> None:
         me = getcurrent()
         while True:
-            serve, connection._parked = connection._parked, None
-            connection._owner = me
             try:
-                if serve is not None:
-                    serve()
+                job()
             except GreenletExit:
-                return  # killed (server shutdown): the connection has ended
+                return
             except BaseException:
                 self._hub.handle_error(me, *sys.exc_info())
-            finally:
-                if connection._owner is me:
-                    connection._owner = None
+            del job  # not kept alive while the worker waits
             if len(self._idle) >= self.KEEP:
                 return
             self._idle.append(me)
-            connection = self._hub.switch()  # until serve() hands over the next one
+            job = self._hub.switch()  # until run() hands over the next one
 
 
 T = TypeVar("T")
@@ -142,6 +138,11 @@ def _per_hub(attribute: str, make: Callable[[Any], T]) -> T:
         value = make(hub)
         setattr(hub, attribute, value)
     return value
+
+
+def workers() -> Workers:
+    """The :class:`Workers` of this thread's event loop."""
+    return _per_hub("_geo_ws_workers", Workers)
 
 
 def _read_buffer(hub: Any) -> memoryview:
@@ -322,7 +323,7 @@ class Connection:
         self._parked: Callable[[], None] | None = None  # what serves it once it wakes
         self._owner: greenlet | None = None  # the worker serving it since it woke up
         self._context: contextvars.Context | None = None  # the one serve runs in
-        self._workers: _Workers | None = None
+        self._workers: Workers | None = None
         self._lost = False
         # How receiving ended, once it has: (code, reason). Not the exception itself: its
         # traceback would reference this connection, and the cycle would leave every
@@ -541,7 +542,7 @@ class Connection:
         self._parked = serve
         self._context = context
         if self._workers is None:
-            self._workers = _per_hub("_geo_ws_workers", _Workers)
+            self._workers = workers()
         sock: Any = self.sock
         sock._read_event.start(self._wake)
         if self.close_request is not None:  # requested while the owner was busy
@@ -557,7 +558,18 @@ class Connection:
         if self._parked is not None:
             self.sock._read_event.stop()  # type: ignore[attr-defined]
             self._drained = False  # or a closing handshake is next: reading waits anyway
-            self._workers.serve(self)  # type: ignore[union-attr]
+            self._workers.run(self._serve_woken, self._context)  # type: ignore[union-attr]
+
+    def _serve_woken(self) -> None:
+        """On a worker: serve the connection woken from :meth:`park`."""
+        serve, self._parked = self._parked, None
+        self._owner = me = getcurrent()
+        try:
+            if serve is not None:
+                serve()
+        finally:
+            if self._owner is me:
+                self._owner = None
 
     def _read_events(self) -> list[Event]:
         """Read once from the socket (interruptible) and parse what came."""

@@ -18,20 +18,21 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal, cast
 from urllib.parse import unquote_to_bytes
 
 import gevent
 from gevent.event import Event
 from gevent.monkey import is_module_patched
-from gevent.pool import Pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
-from greenlet import GreenletExit
+from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from greenlet import GreenletExit, getcurrent, greenlet
 
-from .connection import is_tls
+from .connection import is_tls, workers
 from .exceptions import HandshakeError
 from .handshake import RequestHead, is_upgrade_request, parse_request_head
 from .legacy import LegacyWebSocket, TakeSocket
+from .websocket import direct_lane
 from .wsgi import TAKE_SOCKET, OpenConnections
 
 __all__ = ["Server", "run", "settle_process"]
@@ -96,10 +97,14 @@ def _offer_socket(environ: dict[str, Any], take_socket: TakeSocket) -> bool:
     environ[TAKE_SOCKET] = take_socket
     if not is_upgrade_request(environ):
         return False
-    # For apps written for gevent-websocket; upgrades only if the app uses it.
+    _offer_legacy(environ, take_socket)
+    return True
+
+
+def _offer_legacy(environ: dict[str, Any], take_socket: TakeSocket) -> None:
+    """For apps written for gevent-websocket; upgrades only if the app uses it."""
     environ["wsgi.websocket"] = LegacyWebSocket(environ, take_socket)
     environ["wsgi.websocket_version"] = "13"
-    return True
 
 
 def _end_request(environ: dict[str, Any]) -> None:
@@ -115,13 +120,45 @@ def _end_request(environ: dict[str, Any]) -> None:
     environ.pop(TAKE_SOCKET, None)
 
 
+_stamp: tuple[int, str] = (-1, "")
+
+
 def _access_line(client: Any, requestline: str, status: str, length: Any, started: float) -> str:
     """A line of the access log, in gevent's format."""
-    now = datetime.now().replace(microsecond=0)
+    global _stamp
+    second = int(started)
+    if second != _stamp[0]:  # the time stamp, formatted once a second
+        _stamp = (second, str(datetime.fromtimestamp(second)))
     return (
-        f'{client or "-"} - - [{now}] "{requestline}" {status.split()[0]} {length or "-"} '
-        f"{time.time() - started:.6f}\n"
+        f'{client or "-"} - - [{_stamp[1]}] "{requestline}" {status.split()[0]} '
+        f"{length or '-'} {time.time() - started:.6f}\n"
     )
+
+
+class _AccessLog:
+    """An access log written once per turn of the event loop.
+
+    A burst of handshakes then costs one write, not a system call each (stderr is
+    line-buffered).
+    """
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        """Where the lines go: a file-like object."""
+        self._lines: list[str] = []
+
+    def write(self, line: str) -> None:
+        """Log ``line`` (with its newline) at the end of this turn of the event loop."""
+        if not self._lines:
+            gevent.get_hub().loop.run_callback(self._flush)
+        self._lines.append(line)
+
+    def _flush(self) -> None:
+        lines, self._lines = self._lines, []
+        try:
+            self.out.write("".join(lines))
+        except (OSError, ValueError):
+            pass  # a closed or broken stderr must not stop the server
 
 
 class Handler(WSGIHandler):
@@ -282,7 +319,8 @@ class _QuickHandshake:
                 environ[key] = value
         environ["wsgi.input"] = io.BytesIO()
         environ["wsgi.input_terminated"] = True
-        self.websocket = _offer_socket(environ, self.take_socket)
+        environ[TAKE_SOCKET] = self.take_socket
+        self.websocket = is_upgrade_request(environ)
         return environ
 
     def take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], OpenConnections]:
@@ -304,6 +342,11 @@ class _QuickHandshake:
         environ = self.environ
         status, length = "500", 0
         try:
+            direct = self.server.direct_lane
+            if direct is not None and direct(environ):
+                status = "101"
+                return
+            _offer_legacy(environ, self.take_socket)
             result: Iterable[bytes] = self.server.application(environ, self.start_response)
             try:
                 _end_request(environ)
@@ -321,7 +364,7 @@ class _QuickHandshake:
                 self.response = None
                 self._respond(())
         finally:
-            log = self.server.log
+            log = self.server._access_log
             if log is not None:
                 log.write(_access_line(self.address[0], self.requestline, status, length, started))
 
@@ -363,12 +406,20 @@ class Server(WSGIServer):
         self, listener: Any, application: Any, *, handshake_timeout: float = 10.0, **kwargs: Any
     ) -> None:
         kwargs.setdefault("handler_class", Handler)
-        # A pool, unlike the default spawner, lets stop() wait for the handlers.
-        kwargs.setdefault("spawn", Pool())
         super().__init__(listener, application, **kwargs)
         # gevent's stand-in, the pool's full(), would leave parked WebSockets out.
         self.__dict__.pop("full", None)
+        # Where the quick path logs requests: nowhere with log=None (pywsgi would make it a
+        # sink, and each line would still be formatted).
+        self._access_log: Any = None
+        if kwargs.get("log", "default") is not None:
+            if not isinstance(self.log, LoggingLogAdapter):  # a logger takes lines one by one
+                self.log = cast(Any, _AccessLog(self.log))
+            self._access_log = self.log
         self.handshake_timeout = handshake_timeout
+        self.direct_lane = direct_lane(application) if self.quick_handshakes else None
+        """Serves the handshakes that need not go through the app's dispatch
+        (:func:`geo_ws.websocket.direct_lane`), if the app is a Flask app."""
         self.connections = OpenConnections(self._detached_ended)
         """The open WebSocket connections."""
         self._taken: set[socket.socket] = set()
@@ -376,6 +427,12 @@ class Server(WSGIServer):
         """Connections waiting for a request (shutdown closes them at once)."""
         self.stopping = False
         """Whether :meth:`shutdown` was called."""
+        # Without a pool (see do_handle): clients waited for in the event loop, with the
+        # timer that gives up on each, and the greenlets handling one.
+        self._first_bytes: dict[socket.socket, Any] = {}
+        self._busy: set[greenlet] = set()
+        self._none_busy = Event()
+        self._none_busy.set()
 
     def full(self) -> bool:
         """Whether the pool is at its size (if it has one), parked WebSockets included.
@@ -468,6 +525,7 @@ class Server(WSGIServer):
         """
         self.close()
         self.stopping = True
+        self._drop_waiting()
         for sock in list(self.idle):
             # A connection waiting for a request would hold stop() for the whole timeout.
             try:
@@ -481,12 +539,74 @@ class Server(WSGIServer):
         self.connections.none_left.wait(timeout)
         self.stop(timeout=max(0.0, deadline - time.monotonic()))
         # What woke from parking and is still busy past the deadline (stop() killed the
-        # pool's greenlets the same way): its close handler runs as it dies.
-        loop = gevent.get_hub().loop
-        for connection in list(self.connections):
-            if connection.owner is not None:
-                loop.run_callback(connection.owner.throw, GreenletExit)
+        # handlers the same way): its close handler runs as it dies.
+        _kill(connection.owner for connection in self.connections)
         self.connections.none_left.wait(1.0)
+
+    def do_handle(self, *args: Any) -> None:
+        """Handle a new client: called by the accept loop, in the hub.
+
+        Given a pool (``spawn=``), on one of its greenlets. Else the event loop first
+        waits for the client's first bytes (its request comes a moment after it
+        connects, and a greenlet would only wait for it), then a worker handles it and
+        waits for the next client once done (:class:`~geo_ws.connection.Workers`): a
+        greenlet spawned and ended per connection cost a tenth of a handshake.
+        """
+        if self.pool is not None:
+            super().do_handle(*args)
+            return
+        sock: Any = args[0]
+        timer = sock._read_event.loop.timer(self.handshake_timeout)
+        self._first_bytes[sock] = timer
+        sock._read_event.start(self._first_bytes_came, args)
+        timer.start(self._no_first_bytes, args)
+
+    def _first_bytes_came(self, args: tuple[Any, ...]) -> None:
+        self._stop_waiting(args[0])
+        workers().run(partial(self._handle_client, args), None)  # a fresh context
+
+    def _no_first_bytes(self, args: tuple[Any, ...]) -> None:
+        self._stop_waiting(args[0])
+        self.do_close(*args)  # nothing came within handshake_timeout (slowloris)
+
+    def _stop_waiting(self, sock: Any) -> None:
+        self._first_bytes.pop(sock).close()
+        sock._read_event.stop()
+
+    def _drop_waiting(self) -> None:
+        """Close the connections whose first bytes have not come."""
+        for sock in list(self._first_bytes):
+            self._stop_waiting(sock)
+            self.do_close(sock)
+
+    def _handle_client(self, args: tuple[Any, ...]) -> None:
+        me = getcurrent()
+        self._busy.add(me)
+        self._none_busy.clear()
+        try:
+            cast(Any, self)._handle(*args)  # handle(), or its TLS wrapper
+        finally:
+            self.do_close(*args)
+            self._busy.discard(me)
+            if not self._busy:
+                self._none_busy.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, wait up to ``timeout`` seconds (default ``stop_timeout``) for
+        the clients being handled, then kill their handlers."""
+        super().stop(timeout)  # waits for and kills a pool's greenlets
+        self._drop_waiting()
+        if not self._none_busy.wait(self.stop_timeout if timeout is None else timeout):
+            _kill(self._busy)
+            self._none_busy.wait(1.0)
+
+
+def _kill(greenlets: Iterable[greenlet | None]) -> None:
+    """End each of ``greenlets`` with ``GreenletExit``, from the event loop."""
+    loop = gevent.get_hub().loop
+    for one in list(greenlets):
+        if one is not None:
+            loop.run_callback(one.throw, GreenletExit)
 
 
 def settle_process() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import io
 import json
@@ -9,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -271,6 +273,52 @@ def test_a_slow_request_head_is_cut_off_and_others_are_served() -> None:
         server.shutdown(timeout=1)
 
 
+def test_a_client_that_sends_nothing_is_closed_after_the_handshake_timeout() -> None:
+    # It is waited for by the event loop, without a greenlet, then dropped.
+    server = Server(("127.0.0.1", 0), closing_app, handshake_timeout=0.3, log=None)
+    server.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+        started = time.monotonic()
+        with gevent.Timeout(WAIT):
+            assert silent.recv(100) == b""
+        assert time.monotonic() - started > 0.2
+        silent.close()
+    finally:
+        server.shutdown(timeout=1)
+
+
+def test_shutdown_closes_clients_that_have_sent_nothing_yet() -> None:
+    server = Server(("127.0.0.1", 0), closing_app, handshake_timeout=60, log=None)
+    server.start()
+    silent = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+    try:
+        gevent.sleep(0.1)  # accepted
+        with gevent.Timeout(2):  # not the handshake timeout, nor the graceful one
+            server.shutdown(timeout=10)
+            assert silent.recv(100) == b""
+    finally:
+        silent.close()
+
+
+def test_each_client_is_handled_in_a_context_of_its_own(serve: Serve) -> None:
+    # Handlers run on greenlets that go on to the next client: what one request left in
+    # a context variable must not be seen by the next.
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user")
+    app = Flask(__name__)
+
+    @app.get("/set/<name>")
+    def set_user(name: str) -> str:
+        previous = user.get("nobody")
+        user.set(name)
+        return previous
+
+    address = serve(app)
+    for name in ("alice", "bob"):
+        with urllib.request.urlopen(f"http://{address}/set/{name}", timeout=WAIT) as response:
+            assert response.read() == b"nobody"
+
+
 def test_request_headers_over_16_kib_get_431(serve: Serve) -> None:
     address = serve(closing_app)
     big = RawClient(address, "/ws", {f"X-Filler-{n}": "x" * 1000 for n in range(17)})
@@ -467,7 +515,7 @@ def test_a_closed_connection_leaves_no_cyclic_garbage() -> None:
         client.recv_close()
         assert client.at_eof()
         client.close()
-        server.pool.join(timeout=WAIT)  # the server's side of the session is over too
+        assert server.connections.none_left.wait(WAIT)  # the server's side is over too
 
     try:
         one_session()  # first use: imports and caches
