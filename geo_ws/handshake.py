@@ -80,9 +80,10 @@ def _tokens(value: str) -> set[str]:
 
 def is_upgrade_request(environ: Mapping[str, Any]) -> bool:
     """Tell whether a WSGI request asks to be upgraded to a WebSocket."""
-    return "upgrade" in _tokens(environ.get("HTTP_CONNECTION", "")) and (
-        environ.get("HTTP_UPGRADE", "").lower() == "websocket"
-    )
+    if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+        return False
+    connection: str = environ.get("HTTP_CONNECTION", "")
+    return connection.lower() == "upgrade" or "upgrade" in _tokens(connection)
 
 
 def accept_key(key: str) -> str:
@@ -157,6 +158,8 @@ def select_subprotocol(environ: Mapping[str, Any], supported: Sequence[str]) -> 
         The chosen subprotocol, or ``None`` when the client offers none of them (the
         handshake then goes on without one, as RFC 6455 section 4.2.2 allows).
     """
+    if not supported:
+        return None
     offered = {
         token.strip() for token in str(environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")).split(",")
     }

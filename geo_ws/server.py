@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 import gevent
@@ -266,6 +266,34 @@ class Handler(WSGIHandler):
                 close()
 
 
+class _Replay(io.RawIOBase):
+    """Reads ``data``, then the socket: gives pywsgi a request the quick path began."""
+
+    def __init__(self, data: bytes, sock: socket.socket) -> None:
+        super().__init__()
+        self._data = data
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        data = self._data
+        if data:
+            size = min(len(buffer), len(data))
+            buffer[:size] = data[:size]
+            self._data = data[size:]
+            return size
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:
+            return None  # nothing yet, without waiting (a timeout of 0, as SocketIO)
+
+
+#: Header names as sent -> their environ keys, for the names seen first.
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
 class _QuickHandshake:
     """A WebSocket handshake whose head arrived whole, served without pywsgi's handler.
 
@@ -279,6 +307,7 @@ class _QuickHandshake:
     __slots__ = (
         "address",
         "environ",
+        "rest",
         "requestline",
         "response",
         "server",
@@ -287,10 +316,14 @@ class _QuickHandshake:
         "websocket",
     )
 
-    def __init__(self, server: Server, sock: socket.socket, address: Any, head: RequestHead):
+    def __init__(
+        self, server: Server, sock: socket.socket, address: Any, head: RequestHead, rest: bytes
+    ) -> None:
         self.server = server
         self.sock = sock
         self.address = address
+        self.rest = rest
+        """What came behind the head (frames a client sent without waiting for the 101)."""
         self.requestline = f"{head.method} {head.target} HTTP/1.1"
         self.upgraded = False
         self.response: tuple[str, list[tuple[str, str]], list[bytes]] | None = None
@@ -304,15 +337,19 @@ class _QuickHandshake:
         path, _, query = head.target.partition("?")
         environ["REQUEST_METHOD"] = head.method
         environ["SCRIPT_NAME"] = ""
-        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
         environ["QUERY_STRING"] = query
         environ["SERVER_PROTOCOL"] = "HTTP/1.1"
         environ["REMOTE_ADDR"] = str(self.address[0])
         environ["REMOTE_PORT"] = str(self.address[1])
         for name, value in head.headers:
-            if "_" in name:
-                continue  # as pywsgi: "X_Forwarded" must not pass for "X-Forwarded"
-            key = "HTTP_" + name.upper().replace("-", "_")
+            key = _ENVIRON_KEYS.get(name)
+            if key is None:
+                if "_" in name:
+                    continue  # as pywsgi: "X_Forwarded" must not pass for "X-Forwarded"
+                key = "HTTP_" + name.upper().replace("-", "_")
+                if len(_ENVIRON_KEYS) < 256:  # the usual names, not whatever clients send
+                    _ENVIRON_KEYS[name] = key
             if key in environ:
                 environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
             else:
@@ -327,7 +364,19 @@ class _QuickHandshake:
         """Hand the socket over to the WebSocket (``geo_ws.take_socket``)."""
         self.server._hand_over(self.sock)
         self.upgraded = True
-        return self.sock, self.sock.recv, self.server.connections
+        sock, rest = self.sock, self.rest
+        if not rest:
+            return sock, sock.recv, self.server.connections
+        self.rest = b""
+
+        def recv(size: int) -> bytes:
+            nonlocal rest
+            if rest:
+                data, rest = rest, b""
+                return data
+            return sock.recv(size)
+
+        return sock, recv, self.server.connections
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -484,38 +533,42 @@ class Server(WSGIServer):
             super().handle(sock, address)
             return
         handshake = self._quick_handshake(sock, address)
-        if handshake is False:
-            return  # nothing came within handshake_timeout (slowloris), or a reset
-        if handshake is None:
-            super().handle(sock, address)
-        else:
+        if isinstance(handshake, _QuickHandshake):
             handshake.run()
+        elif handshake:
+            self._handle_with_pywsgi(sock, address, handshake)
+        # else nothing came within handshake_timeout (slowloris), or the client left
 
-    def _quick_handshake(
-        self, sock: socket.socket, address: Any
-    ) -> _QuickHandshake | Literal[False] | None:
-        """The connection's handshake if it can take the quick path, with its head read.
+    def _quick_handshake(self, sock: socket.socket, address: Any) -> _QuickHandshake | bytes:
+        """Read the request's head and return its handshake if it can take the quick path,
+        else the bytes read, for pywsgi's handler (none if the client sent nothing).
 
-        ``None`` leaves the request to ``handler_class``, ``False`` drops the connection.
         (A method of its own so that the head's bytes are not kept for the session.)
         """
         sock.settimeout(self.handshake_timeout)
         self.idle.add(sock)
         try:
-            peeked = sock.recv(MAX_HEAD_SIZE, socket.MSG_PEEK)
+            data = sock.recv(MAX_HEAD_SIZE)
         except OSError:
-            return False
+            return b""
         finally:
             self.idle.discard(sock)
             sock.settimeout(None)
-        head = parse_request_head(peeked)
+        head = parse_request_head(data)
         if head is None or head.method != "GET" or self.stopping:
-            return None
-        handshake = _QuickHandshake(self, sock, address, head)
-        if not handshake.websocket:
-            return None
-        sock.recv(head.size)  # take the head off the socket: all of it is there
-        return handshake
+            return data
+        handshake = _QuickHandshake(self, sock, address, head, data[head.size :])
+        return handshake if handshake.websocket else data
+
+    def _handle_with_pywsgi(self, sock: socket.socket, address: Any, data: bytes) -> None:
+        """Let ``handler_class`` serve the connection, reading ``data`` before the socket."""
+        handler = self.handler_class(sock, address, self)
+        handler.rfile.close()
+        # One buffer for all of it: a read past the head gets what came behind it.
+        handler.rfile = io.BufferedReader(
+            _Replay(data, sock), max(io.DEFAULT_BUFFER_SIZE, len(data))
+        )
+        handler.handle()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, close WebSockets with 1001 and wait up to ``timeout`` seconds.

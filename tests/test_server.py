@@ -19,7 +19,7 @@ from typing import Any
 import gevent
 import pytest
 import websocket
-from flask import Flask
+from flask import Flask, request
 from gevent.event import Event
 from gevent.pool import Pool
 
@@ -346,6 +346,31 @@ def test_frames_sent_right_behind_the_handshake_are_not_lost(serve: Serve) -> No
         while len(events) < 2:
             events += protocol.receive_data(sock.recv(4096))
     assert events[:2] == [Message("welcome"), Message("eager")]
+    sock.close()
+
+
+def test_http_requests_read_whole_behind_the_quick_path(serve: Serve) -> None:
+    # The quick path reads the first bytes; pywsgi's handler reads them again, then the
+    # socket: a body sent with its head, and a request pipelined behind it, both arrive.
+    app = Flask(__name__)
+
+    @app.post("/echo")
+    def echo() -> bytes:
+        return request.get_data()
+
+    host, port = serve(app).split(":")
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    body = b"x" * 20_000  # more than pywsgi's buffer and the quick path's first read
+    request_ = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+    sock.sendall(request_ % (5, b"first") + request_ % (len(body), body))
+    data = b""
+    with gevent.Timeout(WAIT):
+        while not data.endswith(body):
+            chunk = sock.recv(65536)
+            assert chunk, data[:300]
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 ") == 2
+    assert b"\r\n\r\nfirst" in data
     sock.close()
 
 
