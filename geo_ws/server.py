@@ -444,7 +444,10 @@ class Server(WSGIServer):
         handshake_timeout: how long a client may take to send a request's line and
             headers, in seconds, before its connection is closed (slowloris); it also
             bounds how long a kept-alive HTTP connection may wait idle.
-        **kwargs: passed to :class:`gevent.pywsgi.WSGIServer`.
+        **kwargs: passed to :class:`gevent.pywsgi.WSGIServer`. Without ``spawn``, each
+            client is handled on a reused greenlet once its first bytes came (see
+            :meth:`do_handle`); with it (``spawn=Pool(1000)`` to bound the clients),
+            as gevent does.
     """
 
     quick_handshakes = True
@@ -476,8 +479,9 @@ class Server(WSGIServer):
         """Connections waiting for a request (shutdown closes them at once)."""
         self.stopping = False
         """Whether :meth:`shutdown` was called."""
-        # Without a pool (see do_handle): clients waited for in the event loop, with the
+        # Without spawn= (see do_handle): clients waited for in the event loop, with the
         # timer that gives up on each, and the greenlets handling one.
+        self._own_handlers = kwargs.get("spawn", "default") == "default"
         self._first_bytes: dict[socket.socket, Any] = {}
         self._busy: set[greenlet] = set()
         self._none_busy = Event()
@@ -599,13 +603,13 @@ class Server(WSGIServer):
     def do_handle(self, *args: Any) -> None:
         """Handle a new client: called by the accept loop, in the hub.
 
-        Given a pool (``spawn=``), on one of its greenlets. Else the event loop first
+        Given ``spawn=`` (a pool, say), as gevent does. Else the event loop first
         waits for the client's first bytes (its request comes a moment after it
         connects, and a greenlet would only wait for it), then a worker handles it and
         waits for the next client once done (:class:`~geo_ws.connection.Workers`): a
         greenlet spawned and ended per connection cost a tenth of a handshake.
         """
-        if self.pool is not None:
+        if not self._own_handlers:
             super().do_handle(*args)
             return
         sock: Any = args[0]
