@@ -523,15 +523,15 @@ class Server(WSGIServer):
             sock.close()
 
     def handle(self, sock: socket.socket, address: Any) -> None:
-        """Serve one client connection (called by gevent in its own greenlet).
+        """Serve one client connection (on a greenlet of its own, see :meth:`do_handle`).
 
         A WebSocket handshake that arrived in one piece, the usual case, takes a quick
         path; everything else (HTTP requests, heads in pieces, TLS) gevent's WSGI
-        handler, which reads the request from the start: the quick path only peeks.
+        handler, which reads what the quick path read, then the socket.
         """
         if self.stopping:
             return
-        # TLS sockets cannot peek; Unix sockets have no port for the environ.
+        # TLS is pywsgi's to handle; Unix sockets have no port for the environ.
         quick = self.quick_handshakes and isinstance(address, tuple)
         if not quick or is_tls(sock):
             super().handle(sock, address)

@@ -22,9 +22,19 @@ from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import greenlet
-from flask import Blueprint, Flask, Response, current_app, has_app_context, request, signals
+from flask import (
+    Blueprint,
+    Flask,
+    Request,
+    Response,
+    current_app,
+    has_app_context,
+    request,
+    signals,
+)
 from flask.ctx import RequestContext
 from flask.globals import request_ctx
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.datastructures import EnvironHeaders, Headers
 from werkzeug.routing import Rule, WebsocketMismatch
 
@@ -137,13 +147,13 @@ def direct_lane(app: Any) -> Callable[[dict[str, Any]], bool] | None:
     """Handshakes that need not go through Flask's dispatch, for geo_ws's server.
 
     Flask's dispatch of a handshake makes a request and its contexts, matches the URL,
-    runs the app's hooks, calls the view and finalizes its response: at a few hundred
-    connections a second, most of a handshake's cost. When the app can observe none
-    of that (no request hooks, signals or middleware, a plain Flask class) and the
-    path is exactly an endpoint's rule (no converters, no view decorators), the
-    endpoint takes the handshake straight from the server. The request context is
-    made only when a handler first runs, so ``flask.request``, ``g`` and
-    ``current_app`` are there for handlers as always.
+    runs the app's hooks, calls the view and finalizes its response: about a third of
+    what a handshake costs. When the app can observe none of that (no request hooks,
+    signals or middleware; a plain Flask class with Flask's request class and cookie
+    sessions) and the path is exactly an endpoint's rule (no converters, no view
+    decorators), the endpoint takes the handshake straight from the server. The
+    request context is made only when a handler first runs, so ``flask.request``,
+    ``g``, ``session`` and ``current_app`` are there for handlers as always.
 
     Returns:
         For a Flask app, a function that serves a WebSocket handshake's environ and
@@ -160,6 +170,12 @@ def direct_lane(app: Any) -> Callable[[dict[str, Any]], bool] | None:
         if state is None or "wsgi_app" in app.__dict__:  # a middleware wraps the app
             return False
         if any(signal.receivers for signal in _DISPATCH_SIGNALS):
+            return False
+        # Flask's own request and cookie sessions: made later (or never), and the cookie
+        # saved at the view's end would not be sent anyway. Others may do more.
+        if app.request_class is not Request or (
+            type(app.session_interface) is not SecureCookieSessionInterface
+        ):
             return False
         routes = state.direct
         if routes is None:
@@ -814,9 +830,9 @@ class WebSocketConnector:
         handler = self._endpoint._handlers.get(event)
         if handler is None:
             return
-        if self._direct is not None:
-            self._enter_request(self._direct)
         try:
+            if self._direct is not None:
+                self._enter_request(self._direct)
             result = handler.fn(**{name: self._inject(name, message) for name in handler.params})
             if inspect.isawaitable(result):
                 result = run_coroutine(result)

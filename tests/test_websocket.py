@@ -22,6 +22,7 @@ from flask import (
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSessionInterface
 from gevent.event import Event
 from gevent.monkey import get_original
 
@@ -797,6 +798,26 @@ def test_middleware_and_signal_receivers_see_every_handshake(app: Flask, serve) 
     with request_started.connected_to(started, app):
         assert connect(address, "/ws").recv() == "in"
     assert seen == ["middleware /ws", "started /ws"]
+
+
+def test_a_custom_session_interface_sees_every_handshake(app: Flask, serve) -> None:
+    # A server-side session store may count or refresh visits: Flask's dispatch opens
+    # and saves the session of a handshake as of any request.
+    calls: list[str] = []
+
+    class Sessions(SecureCookieSessionInterface):
+        def open_session(self, app, request):
+            calls.append("open " + request.path)
+            return super().open_session(app, request)
+
+        def save_session(self, app, session, response) -> None:
+            calls.append("save")
+            super().save_session(app, session, response)
+
+    app.session_interface = Sessions()
+    WebSocket(app, "/ws").on("connect")(lambda: "in")
+    assert connect(serve(app), "/ws").recv() == "in"
+    assert calls == ["open /ws", "save"]
 
 
 # -- the connection ---------------------------------------------------------------------
