@@ -205,8 +205,15 @@ class Outgoing:
 
 def is_tls(sock: socket.socket) -> bool:
     """Whether ``sock`` is a TLS socket (its bytes must go through its own methods)."""
-    # On the type: a gevent socket's __getattr__ would raise for every plain socket.
-    return hasattr(type(sock), "getpeercert")
+    kind = type(sock)
+    tls = _TLS_TYPES.get(kind)
+    if tls is None:
+        # On the type: a gevent socket's __getattr__ would raise for every plain socket.
+        tls = _TLS_TYPES[kind] = hasattr(kind, "getpeercert")
+    return tls
+
+
+_TLS_TYPES: dict[type, bool] = {}
 
 
 class Interrupted(Exception):
