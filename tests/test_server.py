@@ -293,7 +293,9 @@ def test_shutdown_closes_clients_that_have_sent_nothing_yet() -> None:
     server.start()
     silent = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
     try:
-        gevent.sleep(0.1)  # accepted
+        with gevent.Timeout(WAIT):
+            while not server._first_bytes:  # accepted, waited for by the event loop
+                gevent.sleep(0.01)
         with gevent.Timeout(2):  # not the handshake timeout, nor the graceful one
             server.shutdown(timeout=10)
             assert silent.recv(100) == b""
