@@ -135,6 +135,20 @@ def _access_line(client: Any, requestline: str, status: str, length: Any, starte
     )
 
 
+def _recv_after(data: bytes, sock: socket.socket) -> Callable[[int], bytes]:
+    """A ``recv`` for a WebSocket that returns ``data`` (read past the request's head)
+    first, then reads ``sock``; ``sock.recv`` itself when there is nothing, so that the
+    connection may read the socket directly (and park)."""
+    if not data:
+        return sock.recv
+    pending = [data]
+
+    def recv(size: int) -> bytes:
+        return pending.pop() if pending else sock.recv(size)
+
+    return recv
+
+
 class _AccessLog:
     """An access log written once per turn of the event loop.
 
@@ -224,14 +238,7 @@ class Handler(WSGIHandler):
         if self.wsgi_input is not None:  # nothing left for pywsgi to discard
             self.wsgi_input.content_length = 0
             self.wsgi_input.chunked_input = False
-        if not buffered:
-            return sock, sock.recv, server.connections
-        pending = [buffered]
-
-        def recv(size: int) -> bytes:
-            return pending.pop() if pending else sock.recv(size)
-
-        return sock, recv, server.connections
+        return sock, _recv_after(buffered, sock), server.connections
 
     def read_requestline(self) -> str:
         server = cast(Server, self.server)
@@ -364,19 +371,7 @@ class _QuickHandshake:
         """Hand the socket over to the WebSocket (``geo_ws.take_socket``)."""
         self.server._hand_over(self.sock)
         self.upgraded = True
-        sock, rest = self.sock, self.rest
-        if not rest:
-            return sock, sock.recv, self.server.connections
-        self.rest = b""
-
-        def recv(size: int) -> bytes:
-            nonlocal rest
-            if rest:
-                data, rest = rest, b""
-                return data
-            return sock.recv(size)
-
-        return sock, recv, self.server.connections
+        return self.sock, _recv_after(self.rest, self.sock), self.server.connections
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
