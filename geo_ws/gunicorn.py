@@ -23,6 +23,8 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import time
+from datetime import timedelta
 from typing import Any
 
 import gevent
@@ -30,10 +32,10 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gunicorn.http.wsgi import base_environ
 from gunicorn.sock import ssl_context
-from gunicorn.workers.ggevent import VERSION, GeventWorker, PyWSGIHandler
+from gunicorn.workers.ggevent import VERSION, GeventResponse, GeventWorker, PyWSGIHandler
 
 from .broker import flush_all
-from .server import Handler, Server, settle_process
+from .server import Handler, Server, _QuickHandshake, settle_process
 
 __all__ = ["Worker"]
 
@@ -50,6 +52,33 @@ class _Handler(Handler, PyWSGIHandler):  # type: ignore[misc]
             # A WebSocket (its 101 went out directly) or an early error response.
             self.response_headers = []
         super().log_request()
+
+
+class _Server(Server):
+    """geo_ws's server with what gunicorn adds to each request: its environ keys and
+    its access log, for handshakes on the quick path too."""
+
+    def _complete_quick_environ(
+        self, environ: dict[str, Any], sock: socket.socket, target: str
+    ) -> None:
+        environ["gunicorn.sock"] = sock
+        environ["RAW_URI"] = target
+
+    def _log_quick_request(
+        self, handshake: _QuickHandshake, status: str, length: int, started: float
+    ) -> None:
+        log: Any = self.log  # gunicorn's logger, in gevent's adapter
+        if not log.access_log_enabled:
+            return  # (gunicorn's own check, before the log's arguments are made)
+        environ = handshake.environ
+        # The request's headers as gunicorn's format sees them: "%({user-agent}i)s".
+        headers = [
+            (key[5:].replace("_", "-"), value)
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        ]
+        response = GeventResponse(status, [], length)
+        log.access(response, headers, environ, timedelta(seconds=time.time() - started))
 
 
 class Worker(GeventWorker):  # type: ignore[misc]
@@ -88,7 +117,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
             listener.setblocking(1)
             environ = base_environ(self.cfg)
             environ.update({"wsgi.multithread": True, "SERVER_SOFTWARE": VERSION})
-            server = Server(
+            server = _Server(
                 listener,
                 self.wsgi,
                 handshake_timeout=self.cfg.keepalive or 10.0,
@@ -99,8 +128,6 @@ class Worker(GeventWorker):  # type: ignore[misc]
                 environ=environ,
                 **ssl_args,
             )
-            # Every request through _Handler: gunicorn's access log and environ keys.
-            server.quick_handshakes = False
             if self.cfg.workers > 1:
                 # Accept one connection per wake-up, so that the workers share them.
                 server.max_accept = 1

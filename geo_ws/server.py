@@ -408,9 +408,7 @@ class _QuickHandshake:
                 self.response = None
                 self._respond(())
         finally:
-            log = self.server._access_log
-            if log is not None:
-                log.write(_access_line(self.address[0], self.requestline, status, length, started))
+            self.server._log_quick_request(self, status, length, started)
 
     def _respond(self, result: Iterable[bytes]) -> tuple[str, int]:
         """Send the app's response (or a 500 without one) and close the connection."""
@@ -557,7 +555,40 @@ class Server(WSGIServer):
         if head is None or head.method != "GET" or self.stopping:
             return data
         handshake = _QuickHandshake(self, sock, address, head, data[head.size :])
-        return handshake if handshake.websocket else data
+        if not handshake.websocket:
+            return data
+        self._complete_quick_environ(handshake.environ, sock, head.target)
+        return handshake
+
+    def _complete_quick_environ(
+        self, environ: dict[str, Any], sock: socket.socket, target: str
+    ) -> None:
+        """Add to the environ of a request on the quick path what ``handler_class`` adds
+        to its own; nothing here (the quick path builds pywsgi's environ).
+
+        Args:
+            environ: the request's environ.
+            sock: the client's socket.
+            target: the request target as sent (path and query, still %-encoded).
+        """
+
+    def _log_quick_request(
+        self, handshake: _QuickHandshake, status: str, length: int, started: float
+    ) -> None:
+        """Write the access log line of a request served on the quick path, in gevent's
+        format (as ``handler_class`` logs the others).
+
+        Args:
+            handshake: the request.
+            status: its response's status (``"101"`` for an upgrade).
+            length: the response body's length.
+            started: when it began (``time.time()``).
+        """
+        log = self._access_log
+        if log is not None:
+            log.write(
+                _access_line(handshake.address[0], handshake.requestline, status, length, started)
+            )
 
     def _handle_with_pywsgi(self, sock: socket.socket, address: Any, data: bytes) -> None:
         """Let ``handler_class`` serve the connection, reading ``data`` before the socket."""

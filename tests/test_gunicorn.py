@@ -130,6 +130,29 @@ def test_stopping_workers_close_websockets_with_1001_and_run_close_handlers(sign
     assert_no_errors(server)
 
 
+def test_the_access_log_shows_handshakes_in_gunicorns_format_with_its_environ() -> None:
+    access_format = '%(h)s "%(r)s" %(s)s %({user-agent}i)s %({raw_uri}e)s %({gunicorn.sock}e)s'
+    options = ("--access-logfile", "-", "--access-logformat", access_format)
+    with gunicorn("tests.live_apps.closing:app", *options) as (server, address):
+        client = RawClient(address, "/ws?name=a%20b", {"User-Agent": "probe/1"})
+        assert client.status == 101
+        assert client.recv() == "welcome"
+        server.stdout.wait_for(
+            re.compile(
+                r'^127\.0\.0\.1 "GET /ws\?name=a%20b HTTP/1\.1" 101 probe/1 '
+                r"/ws\?name=a%20b <gevent\._socket3\.socket "
+            ),
+            WAIT,
+        )
+        refused = RawClient(address, "/nowhere", {"User-Agent": "probe/2"})
+        assert refused.status == 404
+        server.stdout.wait_for(re.compile(r'"GET /nowhere HTTP/1\.1" 404 probe/2 /nowhere <'), WAIT)
+        with urllib.request.urlopen(f"http://{address}/?q=1", timeout=WAIT) as response:
+            assert response.read() == b"ok"
+        server.stdout.wait_for(re.compile(r'"GET /\?q=1 HTTP/1\.1" 200 Python-urllib/'), WAIT)
+    assert_no_errors(server)
+
+
 def test_a_handler_sleeping_longer_than_the_worker_timeout_stalls_nobody() -> None:
     with gunicorn("tests.live_apps.cluster:app", "--timeout", "2") as (server, address):
         sleeper, other = RawClient(address, "/ws"), RawClient(address, "/ws")
