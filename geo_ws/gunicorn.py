@@ -68,8 +68,8 @@ class _Server(Server):
         self, handshake: _QuickHandshake, status: str, length: int, started: float
     ) -> None:
         log: Any = self.log  # gunicorn's logger, in gevent's adapter
-        if not log.access_log_enabled:
-            return  # (gunicorn's own check, before the log's arguments are made)
+        if not getattr(log, "access_log_enabled", True):
+            return  # gunicorn's own check (gunicorn 26 on), before the arguments are made
         environ = handshake.environ
         # The request's headers as gunicorn's format sees them: "%({user-agent}i)s".
         headers = [
