@@ -15,16 +15,33 @@ protocol errors close with 1002/1007/1009 instead of an empty Close frame.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, MutableSet
+from collections.abc import Callable, Mapping, MutableSet
 from typing import Any
 
 from .connection import Connection
 from .exceptions import ConnectionClosed, HandshakeError, WebSocketError
 from .handshake import check_request, response_101
+from .options import Options
 
-__all__ = ["LegacyWebSocket"]
+__all__ = ["LegacyWebSocket", "legacy_options"]
+
+#: geo_ws's defaults, for a LegacyWebSocket made without options (frozen: shared).
+_DEFAULTS = Options()
 
 TakeSocket = Callable[[], tuple[socket.socket, Callable[[int], bytes], MutableSet[Connection]]]
+
+
+def legacy_options(application: Any) -> Options:
+    """The settings of the gevent-websocket style connections of ``application``.
+
+    Its ``GEO_WS_*`` config where it has one (a Flask app): ``GEO_WS_MAX_MESSAGE_SIZE``,
+    ``GEO_WS_MAX_OUTBOX_SIZE``, ``GEO_WS_CLOSE_TIMEOUT``, ``GEO_WS_PING_INTERVAL`` and
+    ``GEO_WS_PING_TIMEOUT`` apply; else geo_ws's defaults (1 MiB messages, a ping every
+    20 s). There is no compression, origin check or subprotocol on this path.
+    """
+    config = getattr(application, "config", None)
+    # compression is not negotiated here: its config value is not this path's to check.
+    return Options.resolve({"compression": None}, config if isinstance(config, Mapping) else {})
 
 
 class LegacyWebSocket:
@@ -33,12 +50,16 @@ class LegacyWebSocket:
     Args:
         environ: the request's WSGI environ.
         take_socket: hands the client socket over (geo_ws's server provides it).
+        options: the connection's limits and keepalive (see :func:`legacy_options`).
     """
 
-    def __init__(self, environ: dict[str, Any], take_socket: TakeSocket) -> None:
+    def __init__(
+        self, environ: dict[str, Any], take_socket: TakeSocket, options: Options = _DEFAULTS
+    ) -> None:
         self.environ = environ
         """The request's WSGI environ."""
         self._take_socket = take_socket
+        self._options = options
         self._connection: Connection | None = None
         self._connections: MutableSet[Connection] | None = None
 
@@ -111,7 +132,16 @@ class LegacyWebSocket:
             except HandshakeError as error:
                 raise WebSocketError(f"not a valid WebSocket handshake: {error}") from None
             sock, recv, connections = self._take_socket()
-            self._connection = Connection(sock, recv, ping_interval=20.0)
+            options = self._options
+            self._connection = Connection(
+                sock,
+                recv,
+                max_message_size=options.max_message_size,
+                max_outbox_size=options.max_outbox_size,
+                close_timeout=options.close_timeout,
+                ping_interval=options.ping_interval,
+                ping_timeout=options.ping_timeout,
+            )
             self._connections = connections
             connections.add(self._connection)
             sock.sendall(response_101(key))

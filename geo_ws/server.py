@@ -31,7 +31,8 @@ from greenlet import GreenletExit, getcurrent, greenlet
 from .connection import is_tls, workers
 from .exceptions import HandshakeError
 from .handshake import RequestHead, is_upgrade_request, parse_request_head
-from .legacy import LegacyWebSocket, TakeSocket
+from .legacy import LegacyWebSocket, TakeSocket, legacy_options
+from .options import Options
 from .websocket import direct_lane
 from .wsgi import TAKE_SOCKET, OpenConnections
 
@@ -88,7 +89,7 @@ class _LimitedReader:
         return line
 
 
-def _offer_socket(environ: dict[str, Any], take_socket: TakeSocket) -> bool:
+def _offer_socket(environ: dict[str, Any], take_socket: TakeSocket, options: Options) -> bool:
     """Put in the environ what lets the app take the socket over.
 
     Returns:
@@ -97,13 +98,13 @@ def _offer_socket(environ: dict[str, Any], take_socket: TakeSocket) -> bool:
     environ[TAKE_SOCKET] = take_socket
     if not is_upgrade_request(environ):
         return False
-    _offer_legacy(environ, take_socket)
+    _offer_legacy(environ, take_socket, options)
     return True
 
 
-def _offer_legacy(environ: dict[str, Any], take_socket: TakeSocket) -> None:
+def _offer_legacy(environ: dict[str, Any], take_socket: TakeSocket, options: Options) -> None:
     """For apps written for gevent-websocket; upgrades only if the app uses it."""
-    environ["wsgi.websocket"] = LegacyWebSocket(environ, take_socket)
+    environ["wsgi.websocket"] = LegacyWebSocket(environ, take_socket, options)
     environ["wsgi.websocket_version"] = "13"
 
 
@@ -216,7 +217,7 @@ class Handler(WSGIHandler):
         if self._head_timer is not None:
             self._head_timer.close()  # the head is in: the app may take its time
         environ: dict[str, Any] = super().get_environ()
-        _offer_socket(environ, self._take_socket)
+        _offer_socket(environ, self._take_socket, cast(Server, self.server).legacy_options)
         return environ
 
     def _take_socket(self) -> tuple[socket.socket, Callable[[int], bytes], OpenConnections]:
@@ -390,7 +391,7 @@ class _QuickHandshake:
             if direct is not None and direct(environ):
                 status = "101"
                 return
-            _offer_legacy(environ, self.take_socket)
+            _offer_legacy(environ, self.take_socket, self.server.legacy_options)
             result: Iterable[bytes] = self.server.application(environ, self.start_response)
             try:
                 _end_request(environ)
@@ -463,6 +464,9 @@ class Server(WSGIServer):
             self._access_log = self.log
         self.handshake_timeout = handshake_timeout
         self.direct_lane = direct_lane(application) if self.quick_handshakes else None
+        self.legacy_options = legacy_options(application)
+        """The limits and keepalive of gevent-websocket style connections
+        (:func:`geo_ws.legacy.legacy_options`: the app's ``GEO_WS_*`` config)."""
         """Serves the handshakes that need not go through the app's dispatch
         (:func:`geo_ws.websocket.direct_lane`), if the app is a Flask app."""
         self.connections = OpenConnections(self._detached_ended)

@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from flask import Flask, request
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from geo_ws.frames import Opcode
-from geo_ws.protocol import Close, Failure, Message
+from geo_ws.legacy import legacy_options
+from geo_ws.options import Options
+from geo_ws.protocol import Close, Failure, Message, Ping
 from geo_ws.server import Server
 
 from .helpers import WAIT, RawClient
@@ -112,3 +115,35 @@ def test_unmasked_frames_are_refused(served: tuple[str, str]) -> None:
         assert isinstance(event, Close) and event.code == 1002
     else:  # gevent-websocket accepts them (RFC 6455 section 5.1 says fail)
         assert event == Message("unmasked")
+
+
+def test_a_flask_apps_geo_ws_config_sets_the_limits_of_its_legacy_connections() -> None:
+    app = Flask(__name__)
+    app.config["GEO_WS_MAX_MESSAGE_SIZE"] = 10
+    app.config["GEO_WS_PING_INTERVAL"] = 0.05
+
+    @app.route("/legacy", websocket=True)  # (Werkzeug answers 400 to upgrades elsewhere)
+    def legacy() -> str:
+        ws = request.environ["wsgi.websocket"]
+        while (message := ws.receive()) is not None:
+            ws.send(message)
+        return ""
+
+    server = Server(("127.0.0.1", 0), app, log=None)
+    server.start()
+    try:
+        client = RawClient(f"127.0.0.1:{server.address[1]}", "/legacy")
+        assert client.status == 101
+        event = client.recv_event()  # the keepalive ping, within 50 ms
+        assert isinstance(event, Ping), event
+        client.send_text("0123456789")  # the limit: 10 bytes
+        assert client.recv() == "0123456789"
+        client.send_text("0123456789!")
+        assert client.recv_close().code == 1009
+    finally:
+        server.stop(timeout=1)
+
+
+def test_other_apps_get_geo_ws_defaults() -> None:
+    assert legacy_options(legacy_app) == Options()
+    assert legacy_options(Flask(__name__)) == Options()  # nothing configured
