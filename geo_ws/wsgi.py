@@ -35,10 +35,15 @@ from gevent.pywsgi import WSGIHandler
 
 from .connection import Connection
 
-__all__ = ["TAKE_SOCKET", "OpenConnections", "Transport", "take_over"]
+__all__ = ["FOREIGN_CONNECTIONS", "TAKE_SOCKET", "OpenConnections", "Transport", "take_over"]
 
 TAKE_SOCKET = "geo_ws.take_socket"
 """Environ key of geo_ws's server: a callable returning ``(socket, recv, connections)``."""
+
+FOREIGN_CONNECTIONS: set[Connection] = set()
+"""The open WebSocket connections this process took over from servers that know nothing
+of WebSockets (gunicorn's own gevent workers, gevent-websocket's): what
+:func:`geo_ws.gunicorn_hooks.post_worker_init` closes with 1001 when such a worker stops."""
 
 
 class OpenConnections(set[Connection]):
@@ -87,7 +92,8 @@ class Transport:
     """Reads from the client, starting with any bytes the server already buffered."""
     connections: MutableSet[Connection] | None
     """The server's set of open WebSocket connections (closed with 1001 on shutdown);
-    an :class:`OpenConnections` where the connection may outlive the WSGI call."""
+    an :class:`OpenConnections` where the connection may outlive the WSGI call, and
+    :data:`FOREIGN_CONNECTIONS` for servers that keep none."""
     stop_iteration: bool = False
     """End the WSGI call by raising ``StopIteration`` (gunicorn) instead of returning."""
     upgraded: bool = False
@@ -128,7 +134,11 @@ def take_over(environ: dict[str, Any]) -> Transport | None:
             websocket.closed = True
 
         return Transport(
-            upgraded_by.socket, upgraded_by.rfile.read1, None, upgraded=True, finish=finish
+            upgraded_by.socket,
+            upgraded_by.rfile.read1,
+            FOREIGN_CONNECTIONS,
+            upgraded=True,
+            finish=finish,
         )
     sock = environ.get("gunicorn.sock")
     if sock is not None:
@@ -146,8 +156,8 @@ def take_over(environ: dict[str, Any]) -> Transport | None:
                 # pywsgi's keep-alive loop as well.
                 rfile.close()
 
-        return Transport(sock, rfile.read1, None, finish=end_pywsgi)
+        return Transport(sock, rfile.read1, FOREIGN_CONNECTIONS, finish=end_pywsgi)
     sock = environ.get("gunicorn.socket")
     if sock is not None:
-        return Transport(sock, sock.recv, None, stop_iteration=True)
+        return Transport(sock, sock.recv, FOREIGN_CONNECTIONS, stop_iteration=True)
     return None

@@ -32,7 +32,14 @@ OUTPUT = ROOT / "docs" / "api.md"
 
 #: Modules users import by name, documented after ``geo_ws`` itself (their ``__all__``).
 #: A module that does not exist (yet) is left out.
-MODULES = ("geo_ws.client", "geo_ws.testing", "geo_ws.legacy", "geo_ws.gunicorn", "geo_ws.locust")
+MODULES = (
+    "geo_ws.client",
+    "geo_ws.testing",
+    "geo_ws.legacy",
+    "geo_ws.gunicorn",
+    "geo_ws.gunicorn_hooks",
+    "geo_ws.locust",
+)
 #: Classes documented without their methods (they override a library's hooks).
 WITHOUT_MEMBERS = {"geo_ws.gunicorn.Worker"}
 

@@ -25,6 +25,13 @@ from tests.live_apps.redis_server import RedisServer, redis_server
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
 GEO_WS_WORKER = "geo_ws.gunicorn.Worker"
+#: gunicorn's own gevent workers and gevent-websocket's.
+FOREIGN_WORKERS = [
+    "gevent",
+    "gevent_pywsgi",
+    "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
+]
+FOREIGN_IDS = ["gevent", "gevent_pywsgi", "GeventWebSocketWorker"]
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
 CLOSE_HANDLER = re.compile(r"^close handler ran for (\S+)$")
 SHUTTING_DOWN = re.compile(r"\[(\d+)\] \[INFO\] geo_ws worker \d+ shutting down: closing (\d+)")
@@ -72,10 +79,7 @@ def assert_no_errors(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize(
-    "worker_class",
-    ["gevent", "gevent_pywsgi", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"]
-    + [GEO_WS_WORKER],
-    ids=["gevent", "gevent_pywsgi", "GeventWebSocketWorker", "geo_ws"],
+    "worker_class", [*FOREIGN_WORKERS, GEO_WS_WORKER], ids=[*FOREIGN_IDS, "geo_ws"]
 )
 def test_every_gunicorn_worker_class_serves_websockets_and_http(worker_class: str) -> None:
     with gunicorn("tests.live_apps.closing:app", worker_class=worker_class) as (server, address):
@@ -95,6 +99,28 @@ def test_every_gunicorn_worker_class_serves_websockets_and_http(worker_class: st
         assert client.sock.recv(65536) == b""
         assert not client._events
         server.stdout.wait_for(CLOSE_HANDLER, WAIT)
+    assert_no_errors(server)
+
+
+@pytest.mark.parametrize("worker_class", FOREIGN_WORKERS, ids=FOREIGN_IDS)
+def test_with_geo_ws_hooks_gunicorns_own_workers_close_websockets_with_1001(
+    worker_class: str,
+) -> None:
+    hooks = ("-c", "python:geo_ws.gunicorn_hooks", "--graceful-timeout", "30")
+    app = "tests.live_apps.closing:app"
+    with gunicorn(app, *hooks, worker_class=worker_class) as (server, address):
+        client = RawClient(address, "/ws?name=leaving")
+        assert client.recv() == "welcome"
+        started = gevent.get_hub().loop.now()
+        server.proc.send_signal(signal.SIGTERM)
+        assert client.recv() == "bye"
+        assert client.recv_close().code == 1001
+        client.send_close(1001)
+        assert client.at_eof()
+        assert server.wait(timeout=10) == 0
+        # Without the hook: dropped (1006) after the 30 s of --graceful-timeout.
+        assert gevent.get_hub().loop.now() - started < 10
+    assert "close handler ran for leaving" in server.stdout.finish()
     assert_no_errors(server)
 
 
