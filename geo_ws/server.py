@@ -464,11 +464,11 @@ class Server(WSGIServer):
             self._access_log = self.log
         self.handshake_timeout = handshake_timeout
         self.direct_lane = direct_lane(application) if self.quick_handshakes else None
+        """Serves the handshakes that need not go through the app's dispatch
+        (:func:`geo_ws.websocket.direct_lane`), if the app is a Flask app."""
         self.legacy_options = legacy_options(application)
         """The limits and keepalive of gevent-websocket style connections
         (:func:`geo_ws.legacy.legacy_options`: the app's ``GEO_WS_*`` config)."""
-        """Serves the handshakes that need not go through the app's dispatch
-        (:func:`geo_ws.websocket.direct_lane`), if the app is a Flask app."""
         self.connections = OpenConnections(self._detached_ended)
         """The open WebSocket connections."""
         self._taken: set[socket.socket] = set()
