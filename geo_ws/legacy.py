@@ -132,16 +132,7 @@ class LegacyWebSocket:
             except HandshakeError as error:
                 raise WebSocketError(f"not a valid WebSocket handshake: {error}") from None
             sock, recv, connections = self._take_socket()
-            options = self._options
-            self._connection = Connection(
-                sock,
-                recv,
-                max_message_size=options.max_message_size,
-                max_outbox_size=options.max_outbox_size,
-                close_timeout=options.close_timeout,
-                ping_interval=options.ping_interval,
-                ping_timeout=options.ping_timeout,
-            )
+            self._connection = Connection(sock, recv, **self._options.connection_settings())
             self._connections = connections
             connections.add(self._connection)
             sock.sendall(response_101(key))

@@ -50,6 +50,17 @@ class Options:
         """geo_ws's default of each setting, in the order of :meth:`names`."""
         return tuple(field.default for field in fields(cls))
 
+    def connection_settings(self) -> dict[str, Any]:
+        """The settings a :class:`~geo_ws.connection.Connection` takes, as its keyword
+        arguments (every kind of connection is made with the same ones)."""
+        return {
+            "max_message_size": self.max_message_size,
+            "max_outbox_size": self.max_outbox_size,
+            "close_timeout": self.close_timeout,
+            "ping_interval": self.ping_interval,
+            "ping_timeout": self.ping_timeout,
+        }
+
     @classmethod
     def resolve(cls, explicit: Mapping[str, Any], config: Mapping[str, Any]) -> Options:
         """Each setting from ``explicit``, else ``config["GEO_WS_<NAME>"]``, else its default.

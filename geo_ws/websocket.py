@@ -552,12 +552,8 @@ class WebSocket:
         connection = Connection(
             transport.sock,
             transport.recv,
-            max_message_size=options.max_message_size,
-            max_outbox_size=options.max_outbox_size,
-            close_timeout=options.close_timeout,
-            ping_interval=options.ping_interval,
-            ping_timeout=options.ping_timeout,
             deflate=negotiated[1] if negotiated else None,
+            **options.connection_settings(),
         )
         connector = WebSocketConnector(
             self, app, connection, transport, environ, path_params, direct
