@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "WebSocket": "websocket",
-    "WebSocketConnector": "websocket",
-    "QueryParams": "params",
-    "Server": "server",
-    "run": "server",
-    "run_blocking": "concurrency",
-    "CloseCode": "frames",
-    "DeflateOptions": "deflate",
-    "GeoWS": "extension",
+    "WebSocket": "flask.endpoint",
+    "WebSocketConnector": "flask.endpoint",
+    "QueryParams": "flask.params",
+    "Server": "server.builtin",
+    "run": "server.builtin",
+    "run_blocking": "io.concurrency",
+    "CloseCode": "protocol.frames",
+    "DeflateOptions": "protocol.deflate",
+    "GeoWS": "flask.extension",
     "ConnectionClosed": "exceptions",
     "ConnectionClosedError": "exceptions",
     "ConnectionClosedOK": "exceptions",
@@ -43,10 +43,10 @@ _EXPORTS = {
     "PayloadTooBig": "exceptions",
     "ProtocolError": "exceptions",
     "WebSocketError": "exceptions",
-    "Broker": "broker",
-    "MemoryBroker": "broker",
-    "RedisBroker": "broker",
-    "Emitter": "emitter",
+    "Broker": "delivery.broker",
+    "MemoryBroker": "delivery.broker",
+    "RedisBroker": "delivery.broker",
+    "Emitter": "delivery.emitter",
 }
 
 __all__ = [
@@ -76,10 +76,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .broker import Broker, MemoryBroker, RedisBroker
-    from .concurrency import run_blocking
-    from .deflate import DeflateOptions
-    from .emitter import Emitter
+    from .delivery.broker import Broker, MemoryBroker, RedisBroker
+    from .delivery.emitter import Emitter
     from .exceptions import (
         ConnectionClosed,
         ConnectionClosedError,
@@ -91,11 +89,13 @@ if TYPE_CHECKING:
         ProtocolError,
         WebSocketError,
     )
-    from .extension import GeoWS
-    from .frames import CloseCode
-    from .params import QueryParams
-    from .server import Server, run
-    from .websocket import WebSocket, WebSocketConnector
+    from .flask.endpoint import WebSocket, WebSocketConnector
+    from .flask.extension import GeoWS
+    from .flask.params import QueryParams
+    from .io.concurrency import run_blocking
+    from .protocol.deflate import DeflateOptions
+    from .protocol.frames import CloseCode
+    from .server.builtin import Server, run
 
 
 def __getattr__(name: str) -> Any:

@@ -17,30 +17,6 @@ geo_ws's own worker (``-k geo_ws.gunicorn.Worker``) does this without it. This m
 defines nothing but the hook: gunicorn reads every setting a config module defines.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-import gevent
-
-from .wsgi import FOREIGN_CONNECTIONS
+from .server.gunicorn_hooks import post_worker_init
 
 __all__ = ["post_worker_init"]
-
-#: Seconds between two looks at whether the worker was told to stop (gunicorn's own
-#: loop looks once a second).
-WATCH_INTERVAL = 0.2
-
-
-def post_worker_init(worker: Any) -> None:
-    """gunicorn's server hook, run in each worker once the app is loaded: watch for
-    the worker's stop, then close this process's WebSockets with 1001."""
-    gevent.spawn(_close_on_stop, worker)
-
-
-def _close_on_stop(worker: Any) -> None:
-    # A signal handler sets worker.alive; gunicorn's run loop polls it the same way.
-    while worker.alive:
-        gevent.sleep(WATCH_INTERVAL)
-    for connection in list(FOREIGN_CONNECTIONS):
-        connection.request_close(1001, "server shutting down")

@@ -39,8 +39,8 @@ from urllib.parse import urlencode
 import pytest
 
 if TYPE_CHECKING:
-    from .client import ClientConnection
-    from .server import Server
+    from .io.client import ClientConnection
+    from .server.builtin import Server
 
 __all__ = ["LiveServer", "geo_ws_server"]
 
@@ -53,7 +53,7 @@ class LiveServer:
     """
 
     def __init__(self, app: Any) -> None:
-        from .server import Server
+        from .server.builtin import Server
 
         self.app = app
         """The app being served."""
@@ -81,7 +81,7 @@ class LiveServer:
         Raises:
             HandshakeError: the app refused the handshake (its HTTP status).
         """
-        from .client import connect
+        from .io.client import connect
 
         url = self.url(path) + ("?" + urlencode(query) if query else "")
         client = connect(url, headers=headers, subprotocols=subprotocols, timeout=timeout)

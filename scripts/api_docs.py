@@ -35,7 +35,7 @@ OUTPUT = ROOT / "docs" / "api.md"
 MODULES = (
     "geo_ws.client",
     "geo_ws.testing",
-    "geo_ws.legacy",
+    "geo_ws.server.legacy",
     "geo_ws.gunicorn",
     "geo_ws.gunicorn_hooks",
     "geo_ws.locust",

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from geo_ws.frames import Opcode, encode_frame
+from geo_ws.protocol.frames import Opcode, encode_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 

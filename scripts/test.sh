@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests start themselves (chromium: tests/test_chat_browser.py;
-# redis-server: tests/test_broker.py, tests/test_gunicorn.py).
+# redis-server: tests/delivery/test_broker.py, tests/server/test_gunicorn.py).
 APT_PACKAGES=(chromium redis-server)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

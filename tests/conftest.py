@@ -10,7 +10,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from geo_ws.server import Server  # noqa: E402
+from geo_ws.server.builtin import Server  # noqa: E402
 
 from .helpers import close_clients  # noqa: E402
 

@@ -10,8 +10,8 @@ import gevent
 import websocket
 from hypothesis import settings
 
-from geo_ws.frames import Opcode, encode_close, encode_frame
-from geo_ws.protocol import Close, Event, Message, Protocol
+from geo_ws.protocol.frames import Opcode, encode_close, encode_frame
+from geo_ws.protocol.machine import Close, Event, Message, Protocol
 
 #: The longest any single wait of a test may take, in seconds.
 WAIT = 5.0

@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 
 from geo_ws import WebSocket
-from geo_ws.frames import Opcode, apply_mask, encode_close
+from geo_ws.protocol.frames import Opcode, apply_mask, encode_close
 
 from .helpers import RawClient, connect
 

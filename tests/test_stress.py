@@ -13,8 +13,8 @@ import gevent
 import pytest
 from gevent.pool import Pool
 
-from geo_ws.frames import Opcode, encode_frame
-from geo_ws.protocol import Message, Protocol
+from geo_ws.protocol.frames import Opcode, encode_frame
+from geo_ws.protocol.machine import Message, Protocol
 
 from .helpers import WAIT, RawClient
 from .live_apps.process import ServerProcess

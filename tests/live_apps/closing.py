@@ -8,7 +8,7 @@ does it before importing the app.
 
 from flask import Flask
 
-from geo_ws.websocket import WebSocket, WebSocketConnector
+from geo_ws.flask.endpoint import WebSocket, WebSocketConnector
 
 app = Flask(__name__)
 endpoint = WebSocket(app, "/ws")

@@ -23,8 +23,8 @@ import time
 
 from flask import Flask
 
-from geo_ws.broker import Broker
-from geo_ws.websocket import WebSocket, WebSocketConnector
+from geo_ws.delivery.broker import Broker
+from geo_ws.flask.endpoint import WebSocket, WebSocketConnector
 
 
 def create_app(broker: Broker | str | None = None) -> Flask:

@@ -1,0 +1,1 @@
+"""Addressing and delivery: per-endpoint registries, brokers (memory, Redis), the Emitter."""

@@ -1,0 +1,108 @@
+"""Sending to geo_ws clients from a process that serves none.
+
+A cron job, a Celery task or a management command publishes on the Redis channels
+that the servers' :class:`~geo_ws.delivery.broker.RedisBroker` listen to, as Flask-SocketIO's
+write-only emitter does::
+
+    from geo_ws import Emitter
+
+    emitter = Emitter("redis://localhost:6379/0")
+    emitter.broadcast("/chat/ws", "maintenance in 5 minutes")
+    emitter.broadcast("/chat/ws", "for the lobby", room="lobby")
+    emitter.send_to(connection_id, "just for you")
+    emitter.close(connection_id, 1000, "bye")
+
+It needs neither gevent's monkey-patching nor an app: endpoints are named by their
+full URL rule (``/chat/ws`` for ``WebSocket(blueprint, "/ws")`` on a blueprint
+mounted at ``/chat``), connections by their ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..io.connection import Outgoing
+from ..protocol.frames import BytesLike, Opcode
+from .broker import Kind, Sequencer, channel_all, channel_of, close_payload
+from .registry import node_of
+
+__all__ = ["Emitter"]
+
+
+class Emitter:
+    """Publishes sends for the WebSocket servers sharing a Redis.
+
+    Calls block until Redis has the message and raise :class:`redis.RedisError`
+    when it cannot be reached: a script learns that its message is not on its way.
+    Safe to share between threads.
+
+    Args:
+        url: the servers' ``GEO_WS_BROKER_URL``.
+        namespace: the servers' broker namespace (``geo_ws`` unless they set one).
+        **redis_options: passed to :meth:`redis.Redis.from_url`.
+    """
+
+    def __init__(self, url: str, *, namespace: str = "geo_ws", **redis_options: Any) -> None:
+        import redis
+
+        self.namespace = namespace
+        self._redis = redis.Redis.from_url(url, **redis_options)
+        self._sequencer = Sequencer()
+        # One publish at a time: numbers must reach Redis in order.
+        self._lock = threading.Lock()
+
+    def broadcast(self, endpoint: str, data: str | BytesLike, *, room: str | None = None) -> int:
+        """Send to every client of ``endpoint`` (its full URL rule), or of its ``room``.
+
+        Returns:
+            How many server processes received it.
+        """
+        message = Outgoing(data)
+        kind = Kind.BROADCAST if room is None else Kind.ROOM
+        channel = channel_all(self.namespace)
+        return self._publish(channel, kind, endpoint, room or "", message.opcode, message.payload)
+
+    def send_to(self, connection_id: str, data: str | BytesLike) -> int:
+        """Send to one client, by id.
+
+        Returns:
+            1 if the process that held the id is still there to receive it, else 0.
+        """
+        message = Outgoing(data)
+        channel = channel_of(self.namespace, _node(connection_id))
+        return self._publish(
+            channel, Kind.SEND_TO, "", connection_id, message.opcode, message.payload
+        )
+
+    def close(self, connection_id: str, code: int = 1000, reason: str = "") -> int:
+        """Close one client, by id.
+
+        Returns:
+            As :meth:`send_to`.
+
+        Raises:
+            ValueError: ``code`` may not be sent in a Close frame.
+        """
+        payload = close_payload(code, reason)
+        channel = channel_of(self.namespace, _node(connection_id))
+        return self._publish(channel, Kind.CLOSE, "", connection_id, Opcode.CLOSE, payload)
+
+    def _publish(
+        self, channel: str, kind: Kind, endpoint: str, target: str, opcode: int, payload: Any
+    ) -> int:
+        with self._lock:
+            envelope = self._sequencer.envelope(channel, kind, endpoint, target, opcode, payload)
+            receivers: int = self._redis.publish(channel, envelope)
+        return receivers
+
+    def disconnect(self) -> None:
+        """Close the connections to Redis."""
+        self._redis.close()
+
+
+def _node(connection_id: str) -> str:
+    node = node_of(connection_id)
+    if not node:
+        raise ValueError(f"{connection_id!r} is not a geo_ws connection id (NODE.N)")
+    return node

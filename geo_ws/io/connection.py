@@ -1,0 +1,797 @@
+"""One upgraded socket on gevent: frames in through the sans-I/O protocol, frames out
+through a single writer.
+
+The greenlet that owns a :class:`Connection` reads; any greenlet may send. An owner with
+nothing to read can :meth:`~Connection.park` the connection and end: the event loop then
+watches the socket, and a worker greenlet takes over when data or a close request comes,
+so an idle connection costs no greenlet (and no stack).
+
+Sending never blocks the caller: a frame is written straight into the socket's kernel
+buffer when it has room and nothing is queued, otherwise it joins a bounded outbox
+drained by one writer greenlet, so frames never interleave and a slow client never
+stalls a broadcast. A client whose outbox overflows is closed with 1008.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import gevent
+from gevent import Greenlet
+from greenlet import GreenletExit, getcurrent, greenlet
+
+from ..exceptions import ConnectionClosed
+from ..protocol.deflate import PerMessageDeflate
+from ..protocol.frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
+from ..protocol.machine import Close, Event, Failure, Message, Ping, Pong, Protocol
+
+__all__ = ["Connection", "Interrupted", "Outgoing", "Workers", "is_tls", "workers"]
+
+logger = logging.getLogger("geo_ws")
+
+#: How many bytes one ``recv`` asks for.
+READ_SIZE = 2**17
+#: Queued frames are joined into sends of about this size (fewer syscalls).
+BATCH_SIZE = 65536
+
+
+# Shared by connections that have never sent anything (idle ones): a deque costs over
+# 600 bytes. Never appended to: _write swaps in a connection's own, kept from then on
+# (one per burst would be garbage to collect, thousands per broadcast).
+_NO_OUTBOX: deque[bytes | memoryview] = deque()
+_NO_EVENTS: Iterator[Event] = iter(())
+
+
+class _Flusher:
+    """Writes, once per turn of the event loop, what every connection queued during it.
+
+    One loop callback for all connections, not one per connection: a broadcast to
+    thousands then allocates nothing per receiver.
+    """
+
+    __slots__ = ("_loop", "_pending", "_scheduled")
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._pending: list[Connection] = []
+        self._scheduled = False
+
+    def add(self, connection: Connection) -> None:
+        self._pending.append(connection)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.run_callback(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for connection in pending:
+            connection._flush()
+
+
+class Workers:
+    """Greenlets that run one job after another, for one event loop (:func:`workers`).
+
+    A worker that is done waits for the next job rather than ending: a client that
+    waits for each answer wakes its connection for every message, and a new greenlet
+    each time would cost more than the message. At most :attr:`KEEP` wait.
+    """
+
+    KEEP = 64
+
+    __slots__ = ("_hub", "_idle")
+
+    def __init__(self, hub: Any) -> None:
+        self._hub = hub
+        self._idle: list[greenlet] = []
+
+    def run(self, job: Callable[[], object], context: contextvars.Context | None) -> None:
+        """Run ``job`` on a worker, in ``context``; call it from the hub.
+
+        Returns once the job is done or blocks. A job killed with ``GreenletExit``
+        ends its worker; other exceptions go to the hub's error handler.
+        """
+        idle = self._idle
+        while idle:
+            worker = idle.pop()
+            if not worker.dead:  # (killed while it waited)
+                break
+        else:
+            worker = greenlet(self._work, parent=self._hub)
+        # The job runs in its own context (None: a fresh one, made if it is used); a
+        # Context.run() per job would cost more.
+        worker.gr_context = context
+        worker.switch(job)
+
+    def _work(self, job: Callable[[], object]) -> None:
+        me = getcurrent()
+        while True:
+            try:
+                job()
+            except GreenletExit:
+                return
+            except BaseException:
+                self._hub.handle_error(me, *sys.exc_info())
+            del job  # not kept alive while the worker waits
+            if len(self._idle) >= self.KEEP:
+                return
+            self._idle.append(me)
+            job = self._hub.switch()  # until run() hands over the next one
+
+
+T = TypeVar("T")
+
+
+def _per_hub(attribute: str, make: Callable[[Any], T]) -> T:
+    """``make(hub)`` once per hub (one per thread), kept on the hub: it goes with it."""
+    hub: Any = gevent.get_hub()
+    value: T | None = getattr(hub, attribute, None)
+    if value is None:
+        value = make(hub)
+        setattr(hub, attribute, value)
+    return value
+
+
+def workers() -> Workers:
+    """The :class:`Workers` of this thread's event loop."""
+    return _per_hub("_geo_ws_workers", Workers)
+
+
+def _read_buffer(hub: Any) -> memoryview:
+    return memoryview(bytearray(READ_SIZE))
+
+
+class Outgoing:
+    """One message on its way to one or many connections, encoded once.
+
+    A broadcast builds one and hands it to every connection: the frame bytes are
+    built on first use and shared.
+
+    Args:
+        data: ``str`` for a text message, anything bytes-like for a binary one.
+
+    Raises:
+        TypeError: ``data`` is of another type.
+    """
+
+    __slots__ = ("_deflated", "_frame", "opcode", "payload")
+
+    def __init__(self, data: str | bytes | bytearray | memoryview) -> None:
+        if isinstance(data, str):
+            self.opcode = Opcode.TEXT
+            self.payload: bytes | bytearray | memoryview = data.encode()
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            self.opcode = Opcode.BINARY
+            self.payload = data
+        else:
+            raise TypeError(
+                f"can only send str (text) or bytes-like (binary), not {type(data).__name__}"
+            )
+        self._frame: bytes | None = None
+        self._deflated: dict[tuple[int, int], bytes] | None = None
+
+    @property
+    def frame(self) -> bytes:
+        """The whole frame, uncompressed and unmasked (a server's)."""
+        if self._frame is None:
+            self._frame = encode_frame(self.opcode, self.payload)
+        return self._frame
+
+    def frame_for(self, deflate: PerMessageDeflate | None) -> bytes:
+        """The frame for a connection with this permessage-deflate state (or none)."""
+        if deflate is None or len(self.payload) < deflate.min_size:
+            return self.frame
+        # Without context takeover every connection with the same parameters gets the
+        # same bytes: compress once per key. With it, each connection's own stream.
+        key = deflate.shareable_key
+        cache = self._deflated
+        if key is not None and cache is not None and key in cache:
+            return cache[key]
+        frame = encode_frame(self.opcode, deflate.compress(self.payload), rsv1=True)
+        if key is not None:
+            if cache is None:
+                cache = self._deflated = {}
+            cache[key] = frame
+        return frame
+
+
+def is_tls(sock: socket.socket) -> bool:
+    """Whether ``sock`` is a TLS socket (its bytes must go through its own methods)."""
+    kind = type(sock)
+    tls = _TLS_TYPES.get(kind)
+    if tls is None:
+        # On the type: a gevent socket's __getattr__ would raise for every plain socket.
+        tls = _TLS_TYPES[kind] = hasattr(kind, "getpeercert")
+    return tls
+
+
+_TLS_TYPES: dict[type, bool] = {}
+
+
+class Interrupted(Exception):
+    """Raised inside :meth:`Connection.receive` when a close was requested meanwhile."""
+
+
+class Connection:
+    """The I/O of one WebSocket connection, server side.
+
+    Args:
+        sock: the client's (gevent) socket, already upgraded.
+        recv: reads at most ``n`` bytes, ``b""`` at EOF; defaults to ``sock.recv``.
+            Servers that buffer the request pass their buffered reader's ``read1``
+            so that bytes read past the request head are not lost.
+        max_message_size: the largest message accepted, in bytes (``None``: no limit);
+            a larger one fails the connection with 1009.
+        max_outbox_size: how many bytes may wait for a slow client before it is
+            closed with 1008.
+        close_timeout: how long the closing handshake and the last flush may take,
+            in seconds, before the TCP connection is dropped.
+        ping_interval: seconds between keepalive pings; ``None`` sends none.
+        ping_timeout: seconds the peer has to answer a ping before the connection is
+            closed with 1011 "keepalive ping timeout".
+        deflate: the permessage-deflate state negotiated in the handshake, if any.
+    """
+
+    # Slots: a server holds thousands of these, mostly idle.
+    __slots__ = (
+        "_buffer",
+        "_context",
+        "_direct",
+        "_drained",
+        "_ended",
+        "_events",
+        "_fd",
+        "_flush_pending",
+        "_flusher",
+        "_lost",
+        "_outbox",
+        "_outbox_bytes",
+        "_overflowed",
+        "_owner",
+        "_parked",
+        "_ping",
+        "_reading",
+        "_recv",
+        "_tcp_closed",
+        "_timer",
+        "_workers",
+        "_writer",
+        "close_request",
+        "close_timeout",
+        "deflate",
+        "latency",
+        "max_outbox_size",
+        "ping_interval",
+        "ping_timeout",
+        "protocol",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        recv: Callable[[int], bytes] | None = None,
+        *,
+        max_message_size: int | None = 2**20,
+        max_outbox_size: int = 16 * 2**20,
+        close_timeout: float = 5.0,
+        ping_interval: float | None = None,
+        ping_timeout: float = 20.0,
+        deflate: PerMessageDeflate | None = None,
+    ) -> None:
+        self.sock = sock
+        try:
+            # Frames are whole messages and bursts are already joined into one write
+            # (see _write): Nagle's algorithm would only hold small frames back until
+            # the peer's delayed ACK, milliseconds later.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a Unix socket, a socketpair)
+        self._recv = recv or sock.recv
+        self._fd = sock.fileno()
+        # gevent keeps descriptors non-blocking; os.write on one never switches greenlets.
+        # Not under TLS: the bytes must go through the TLS layer, i.e. the socket's send.
+        self._direct = not os.get_blocking(self._fd) and not is_tls(sock)
+        # A client that waits for each answer has sent nothing more when we read again:
+        # a read would fail (a system call and an exception) before gevent waits. Once a
+        # read has emptied the kernel buffer, wait for the socket first, with gevent's own
+        # primitive for its sockets. Only when reading the plain gevent socket itself.
+        # A new connection starts that way: the client waits for the 101.
+        # Such a socket is also read into the hub's buffer (see _read_events), and only
+        # such a connection can park: its buffer says which it is.
+        self._drained = True
+        plain = (
+            self._direct
+            and self._recv == sock.recv
+            and hasattr(sock, "_wait")
+            and getattr(sock, "_read_event", None) is not None
+        )
+        self._buffer = _per_hub("_geo_ws_read_buffer", _read_buffer) if plain else None
+        self.protocol = Protocol(max_message_size=max_message_size, deflate=deflate)
+        self.deflate = deflate
+        """The permessage-deflate state negotiated in the handshake, if any."""
+        self.max_outbox_size = max_outbox_size
+        self.close_timeout = close_timeout
+        self._events = _NO_EVENTS  # parsed, not yet handled: resumes where it stopped
+        self._outbox = _NO_OUTBOX
+        self._outbox_bytes = 0
+        self._writer: Greenlet[Any, None] | None = None
+        self._flush_pending = False  # waiting for the flusher
+        self._flusher = _per_hub("_geo_ws_flusher", lambda hub: _Flusher(hub.loop))
+        self._reading: Any = None  # the greenlet blocked in recv, if any
+        self._parked: Callable[[], None] | None = None  # what serves it once it wakes
+        self._owner: greenlet | None = None  # the worker serving it since it woke up
+        self._context: contextvars.Context | None = None  # the one serve runs in
+        self._workers: Workers | None = None
+        self._lost = False
+        # How receiving ended, once it has: (code, reason). Not the exception itself: its
+        # traceback would reference this connection, and the cycle would leave every
+        # closed connection to the garbage collector.
+        self._ended: tuple[int, str] | None = None
+        self._overflowed = False
+        self._tcp_closed = False
+        self.close_request: tuple[int, str, bool] | None = None
+        """``(code, reason, error)`` once a local close was requested, else ``None``."""
+        self.latency: float | None = None
+        """The last keepalive ping's round trip, in seconds."""
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        # One loop timer, no greenlet: it alternates between waiting ping_interval to
+        # send a ping and ping_timeout for its pong.
+        self._timer: Any = None
+        self._ping: tuple[bytes, float] | None = None  # payload and time of the ping in flight
+        if ping_interval is not None:
+            self._arm(ping_interval)
+
+    # -- sending -----------------------------------------------------------------------
+
+    @property
+    def can_send(self) -> bool:
+        """Whether data frames may still be sent (no Close sent, TCP not lost)."""
+        return not (self.protocol.close_sent or self._lost or self._overflowed)
+
+    def send_handshake(self, response: bytes) -> None:
+        """Send the handshake's ``101`` response, ahead of every frame.
+
+        It leaves like frames do, in the write that ends this turn of the event loop,
+        so a connect handler's first message usually shares its system call.
+        """
+        self._write(response)
+
+    def send(self, data: str | bytes | bytearray | memoryview) -> bool:
+        """Send one message: ``str`` as text, anything bytes-like as binary.
+
+        Returns:
+            ``False`` when the connection can no longer carry it (then nothing is sent).
+
+        Raises:
+            TypeError: ``data`` is neither ``str`` nor bytes-like.
+        """
+        return self.send_outgoing(Outgoing(data))
+
+    def send_outgoing(self, message: Outgoing) -> bool:
+        """Send a message prepared once for many connections (see :class:`Outgoing`).
+
+        Returns:
+            ``False`` when the connection can no longer carry it (then nothing is sent).
+        """
+        if not self.can_send:
+            return False
+        frame = message.frame_for(self.deflate)
+        if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
+            self._overflow()
+            return False
+        self._write(frame)
+        return True
+
+    def _write(self, data: bytes | memoryview) -> None:
+        """Queue bytes; they leave in one write when this turn of the event loop ends.
+
+        Frames sent in a burst (a broadcast round, a handler sending several messages)
+        so cost one system call per connection instead of one per frame, and no
+        greenlet switch while the kernel buffer has room.
+        """
+        if self._lost:
+            return
+        outbox = self._outbox
+        if outbox is _NO_OUTBOX:
+            outbox = self._outbox = deque()
+        outbox.append(data)
+        self._outbox_bytes += len(data)
+        if self._writer is None and not self._flush_pending:
+            if self._direct:
+                self._flush_pending = True
+                self._flusher.add(self)
+            else:
+                self._writer = gevent.spawn(self._drain)
+
+    def _flush(self) -> None:
+        """Write what is queued in one ``os.write``; leave the rest to the writer greenlet.
+
+        Runs as a loop callback (or directly before closing); never switches greenlets.
+        """
+        self._flush_pending = False
+        outbox = self._outbox
+        if self._lost or self._writer is not None or not outbox:
+            return
+        if len(outbox) == 1:
+            data = outbox.popleft()
+        else:
+            batch, size = [], 0
+            while outbox and size < BATCH_SIZE:
+                size += len(outbox[0])
+                batch.append(outbox.popleft())
+            data = b"".join(batch)
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._connection_lost()
+            return
+        self._outbox_bytes -= sent
+        if sent < len(data):
+            outbox.appendleft(memoryview(data)[sent:])
+        if outbox:
+            self._writer = gevent.spawn(self._drain)
+
+    def _drain(self) -> None:
+        """The writer greenlet: empties the outbox, then exits."""
+        outbox = self._outbox
+        try:
+            while outbox:
+                if len(outbox) > 1 and len(outbox[0]) < BATCH_SIZE:
+                    # Join small queued frames so one send carries many.
+                    batch = [outbox.popleft()]
+                    size = len(batch[0])
+                    while outbox and size + len(outbox[0]) <= BATCH_SIZE:
+                        size += len(outbox[0])
+                        batch.append(outbox.popleft())
+                    outbox.appendleft(b"".join(batch))
+                chunk = outbox[0]
+                sent = self.sock.send(chunk)
+                self._outbox_bytes -= sent
+                if sent < len(chunk):
+                    outbox[0] = memoryview(chunk)[sent:]
+                else:
+                    outbox.popleft()
+        except OSError:
+            self._connection_lost()
+        finally:
+            self._writer = None
+
+    def _overflow(self) -> None:
+        """The client does not read fast enough: drop what waits and close with 1008."""
+        logger.warning(
+            "closing a client that does not read: %d bytes waiting exceed max_outbox_size=%d",
+            self._outbox_bytes,
+            self.max_outbox_size,
+        )
+        self._overflowed = True
+        # The head may be half written: keep it so the stream stays well-formed.
+        while len(self._outbox) > 1:
+            self._outbox_bytes -= len(self._outbox.pop())
+        self.request_close(1008, "outbox overflow: client too slow", error=True)
+
+    def _connection_lost(self) -> None:
+        self._lost = True
+        self._outbox.clear()  # also ends a writer's loop over it
+        self._outbox = _NO_OUTBOX
+        self._outbox_bytes = 0
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def receive(self) -> str | bytes:
+        """Block until the next message and return it (``str`` text, ``bytes`` binary).
+
+        Pings are answered on the way.
+
+        Raises:
+            ConnectionClosed: the peer closed (its code), the connection was lost (1006)
+                or failed because the peer broke the protocol (the code we sent).
+            Interrupted: :meth:`request_close` was called meanwhile.
+        """
+        message = self._receive(wait=True)
+        assert message is not None
+        return message
+
+    def receive_nowait(self) -> str | bytes | None:
+        """Like :meth:`receive`, but ``None`` where it would wait for the socket to
+        become readable: then :meth:`park` the connection.
+
+        Only a connection that :attr:`can_park` ever returns ``None``; the others wait.
+        """
+        return self._receive(wait=False)
+
+    def _receive(self, wait: bool) -> str | bytes | None:
+        if self._ended is not None:
+            raise ConnectionClosed.for_code(*self._ended)  # tell every later caller the same
+        while True:
+            for event in self._events:
+                if type(event) is Message:
+                    return event.data
+                if type(event) is Ping:
+                    self._write(encode_frame(Opcode.PONG, event.payload))
+                elif type(event) is Pong:
+                    self._pong(event.payload)
+                elif type(event) is Close or type(event) is Failure:
+                    if type(event) is Failure:
+                        self._fail(event.code, event.reason)
+                    self._ended = (event.code, event.reason)
+                    raise ConnectionClosed.for_code(event.code, event.reason)
+            if self.close_request is not None:
+                raise Interrupted
+            if not wait and self._drained and self._buffer is not None:
+                return None
+            self._events = iter(self._read_events())
+
+    @property
+    def can_park(self) -> bool:
+        """Whether this connection can :meth:`park` (a plain gevent socket, read directly)."""
+        return self._buffer is not None
+
+    def park(self, serve: Callable[[], None], context: contextvars.Context | None = None) -> None:
+        """Let the owning greenlet go while there is nothing to read.
+
+        The event loop watches the socket instead; once it is readable or a close is
+        requested, a worker greenlet (:attr:`owner`) runs ``serve`` in ``context``;
+        ``serve`` reads on with :meth:`receive_nowait` and may park again. Call it when
+        :meth:`receive_nowait` returned ``None``, then return.
+        """
+        self._parked = serve
+        self._context = context
+        if self._workers is None:
+            self._workers = workers()
+        sock: Any = self.sock
+        sock._read_event.start(self._wake)
+        if self.close_request is not None:  # requested while the owner was busy
+            gevent.get_hub().loop.run_callback(self._wake)
+
+    @property
+    def owner(self) -> greenlet | None:
+        """The greenlet serving this connection since it last woke from :meth:`park`."""
+        return self._owner
+
+    def _wake(self) -> None:
+        """In the hub: the socket is readable, or a close was requested, while parked."""
+        if self._parked is not None:
+            self.sock._read_event.stop()  # type: ignore[attr-defined]
+            self._drained = False  # or a closing handshake is next: reading waits anyway
+            self._workers.run(self._serve_woken, self._context)  # type: ignore[union-attr]
+
+    def _serve_woken(self) -> None:
+        """On a worker: serve the connection woken from :meth:`park`."""
+        serve, self._parked = self._parked, None
+        self._owner = me = getcurrent()
+        try:
+            if serve is not None:
+                serve()
+        finally:
+            if self._owner is me:
+                self._owner = None
+
+    def _read_events(self) -> list[Event]:
+        """Read once from the socket (interruptible) and parse what came."""
+        self._reading = gevent.getcurrent()
+        try:
+            buffer = self._buffer
+            if buffer is None:
+                data = self._recv(READ_SIZE)
+            else:
+                sock: Any = self.sock
+                if self._drained:
+                    sock._wait(sock._read_event)
+                # recv(READ_SIZE) would allocate, and fault in, READ_SIZE for every
+                # read, small ones too. Read into the hub's buffer and copy out what
+                # came (nothing switches greenlets in between).
+                data = bytes(buffer[: sock.recv_into(buffer)])
+        except OSError:
+            data = b""
+        finally:
+            self._reading = None
+        self._drained = len(data) < READ_SIZE
+        if not data:
+            self._connection_lost()
+            return self.protocol.receive_eof()
+        return self.protocol.receive_data(data)
+
+    @property
+    def echo_code(self) -> int | None:
+        """The code to answer the peer's Close with: its own, or none if it sent none."""
+        ended = self._ended
+        return None if ended is None or ended[0] in (1005, 1006) else ended[0]
+
+    def receive_or_closed(self, timeout: float | None = None) -> str | bytes:
+        """Like :meth:`receive`, for application code: it never sees :class:`Interrupted`.
+
+        Raises:
+            ConnectionClosed: as :meth:`receive`, and also for a requested close.
+            TimeoutError: no message within ``timeout`` seconds (``None``: no limit).
+        """
+        try:
+            with _bounded(timeout, TimeoutError(f"no message within {timeout} s")):
+                return self.receive()
+        except Interrupted:
+            code, reason, _ = self.close_request or (1000, "", False)
+            raise ConnectionClosed.for_code(code, reason) from None
+
+    # -- keepalive ---------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        loop = gevent.get_hub().loop
+        self._timer = loop.timer(seconds)
+        self._timer.start(self._keepalive)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+    def _keepalive(self) -> None:
+        """Timer callback, in the hub: send a ping, or give up on the one in flight."""
+        self._timer = None
+        if not self.can_send or self.close_request is not None:
+            return
+        if self._ping is None:
+            payload = os.urandom(4)
+            self._ping = (payload, gevent.get_hub().loop.now())
+            self._write(encode_frame(Opcode.PING, payload))
+            self._arm(self.ping_timeout)
+        elif self._reading is None and self._parked is None:
+            # The owner is busy in a handler and cannot read the pong: check again later
+            # rather than blame the client for a slow handler.
+            self._arm(self.ping_timeout)
+        else:
+            logger.info("closing a client that did not answer a ping within %ss", self.ping_timeout)
+            self.request_close(1011, "keepalive ping timeout", error=True)
+
+    def _pong(self, payload: bytes) -> None:
+        """A pong came: if it answers our ping, note the round trip and rearm."""
+        if self._ping is None or payload != self._ping[0]:
+            return  # unsolicited, or an answer to a ping we gave up on
+        self.latency = gevent.get_hub().loop.now() - self._ping[1]
+        self._ping = None
+        self._disarm()
+        if self.ping_interval is not None:
+            self._arm(self.ping_interval)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def request_close(self, code: int, reason: str = "", *, error: bool = False) -> None:
+        """Ask the owning greenlet to close the connection, from any greenlet.
+
+        The first request wins. If the owner is waiting for data (or the connection is
+        parked) it is interrupted at once; if it is busy (running a handler) it closes
+        when that returns.
+
+        Raises:
+            ValueError: ``code`` may not be sent in a Close frame (e.g. 1005, 1006).
+        """
+        if code not in EXTERNAL_CLOSE_CODES:
+            raise ValueError(
+                f"close code {code} may not be sent: use 1000-1003, 1007-1014 or 3000-4999"
+            )
+        if self.close_request is not None:
+            return
+        self.close_request = (code, reason, error)
+        if self._reading is not None:
+            gevent.get_hub().loop.run_callback(self._interrupt)
+        elif self._parked is not None:
+            gevent.get_hub().loop.run_callback(self._wake)
+
+    def _interrupt(self) -> None:
+        # Runs in the hub: throw only if the owner is still parked in recv, never
+        # into application code.
+        reader = self._reading
+        if reader is not None:
+            reader.throw(Interrupted)
+
+    def close(self, code: int | None = 1000, reason: str = "") -> None:
+        """Run the closing handshake and close TCP, bounded by ``close_timeout``.
+
+        Sends our Close (unless sent already), waits for the peer's (unless received
+        already), then closes the socket. Call it from the owning greenlet.
+        """
+        if self._tcp_closed:
+            return
+        if self.close_request is None:
+            # Later requests must not interrupt the handshake below.
+            self.close_request = (1000 if code is None else code, reason, False)
+        deadline = _Deadline(self.close_timeout)
+        if not self.protocol.close_sent and not self._lost:
+            self._write(self.protocol.send_close(code, reason))
+        try:
+            if not (self.protocol.close_received or self._lost):
+                with _bounded(deadline.remaining()):
+                    failed = False
+                    while not (self.protocol.close_received or self._lost or failed):
+                        failed = any(type(event) is Failure for event in self._read_events())
+        finally:
+            self._close_tcp(deadline)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection: send Close with ``code`` and close TCP without waiting."""
+        deadline = _Deadline(self.close_timeout)
+        if not self.protocol.close_sent and not self._lost:
+            self._write(self.protocol.send_close(code, reason))
+        self._close_tcp(deadline, drain_input=True)
+
+    def _close_tcp(self, deadline: _Deadline, *, drain_input: bool = False) -> None:
+        """Flush what is queued, half-close, and close the socket (idempotent)."""
+        if self._tcp_closed:
+            return
+        self._tcp_closed = True
+        self._disarm()
+        if self._outbox and self._writer is None:
+            self._flush()  # now, rather than in a callback after the socket is gone
+        writer = self._writer
+        if writer is not None and not self._lost:
+            writer.join(deadline.remaining())
+            if self._writer is not None:
+                writer.kill(block=False)
+                self._connection_lost()
+        try:
+            if not self._lost:
+                self.sock.shutdown(socket.SHUT_WR)
+                if drain_input:
+                    # Reading to EOF keeps the kernel from answering with RST, which
+                    # could destroy our Close frame before the peer reads it.
+                    with _bounded(deadline.remaining()):
+                        while self._recv(READ_SIZE):
+                            pass
+        except OSError:
+            pass
+        finally:
+            self._connection_lost()
+            self.sock.close()
+
+    def abort(self) -> None:
+        """Close the socket now, without any handshake."""
+        self._tcp_closed = True
+        self._disarm()
+        if self._parked is not None:
+            self._parked = None
+            sock: Any = self.sock
+            sock._read_event.stop()
+        if self._writer is not None:
+            self._writer.kill(block=False)
+        self._connection_lost()
+        self.sock.close()
+
+
+@contextmanager
+def _bounded(seconds: float | None, error: Exception | None = None) -> Iterator[None]:
+    """Run the block for at most ``seconds``; then raise ``error``, or just stop if None.
+
+    gevent's own Timeout does the waiting: the socket layer takes any OSError, the
+    builtin TimeoutError included, for a lost connection.
+    """
+    timeout = gevent.Timeout(seconds)
+    timeout.start()
+    try:
+        yield
+    except gevent.Timeout as expired:
+        if expired is not timeout:
+            raise
+        if error is not None:
+            raise error from None
+    finally:
+        timeout.close()
+
+
+class _Deadline:
+    """A point in time a sequence of bounded waits must all finish by."""
+
+    def __init__(self, timeout: float) -> None:
+        self._end = gevent.get_hub().loop.now() + timeout
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - gevent.get_hub().loop.now())

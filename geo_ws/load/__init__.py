@@ -1,0 +1,1 @@
+"""``geo-ws load``: the scripted load tool and its Locust user."""

@@ -1,0 +1,3 @@
+"""Serving: taking sockets over from WSGI servers, the built-in server, gunicorn workers
+and hooks, gevent-websocket compatibility.
+"""

@@ -1,0 +1,413 @@
+"""Brokers (geo_ws.delivery.broker) and the Emitter: envelopes, gap detection, local-first
+delivery, and Redis pub/sub across nodes with a real redis-server, faults included."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+from flask import Flask
+from gevent.event import Event
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geo_ws import Emitter
+from geo_ws.delivery.broker import (
+    Envelope,
+    Gap,
+    GapDetector,
+    Kind,
+    MemoryBroker,
+    RedisBroker,
+    Sequencer,
+    get_broker,
+)
+from geo_ws.delivery.registry import Registry, new_id, node_id
+from geo_ws.flask.endpoint import WebSocket
+from geo_ws.io.connection import Outgoing
+from geo_ws.protocol.frames import Opcode, encode_close
+from tests.helpers import QUICK, WAIT, RawClient
+from tests.live_apps.cluster import create_app
+from tests.live_apps.redis_server import RedisServer, free_port, namespace, redis_server
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest
+
+Serve = Callable[[Any], str]  # the serve fixture of conftest.py
+
+
+# -- envelopes, numbering, gaps (no I/O) --------------------------------------------------
+
+
+@QUICK
+@given(
+    kind=st.sampled_from(Kind),
+    opcode=st.sampled_from([Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE]),
+    endpoint=st.text(max_size=50),
+    target=st.text(max_size=50),
+    payload=st.binary(max_size=300),
+    origin=st.text(alphabet="0123456789abcdef/", max_size=40),
+    seq=st.integers(min_value=0, max_value=2**64 - 1),
+)
+def test_envelopes_round_trip(
+    kind: Kind, opcode: int, endpoint: str, target: str, payload: bytes, origin: str, seq: int
+) -> None:
+    envelope = Envelope(kind, opcode, endpoint, target, payload, origin, seq)
+    encoded = envelope.encode()
+    assert encoded.endswith(payload)  # the payload travels as is, not re-encoded
+    assert Envelope.decode(encoded) == envelope
+
+
+def test_undecodable_envelopes_are_refused() -> None:
+    good = Envelope(Kind.BROADCAST, Opcode.TEXT, "/ws", "", b"hi", "o", 1).encode()
+    for bad in (b"", good[:5], good[:14], b"\x02" + good[1:], good[:3] + b"\x00" * 8 + b"\xff"):
+        with pytest.raises(ValueError):
+            Envelope.decode(bad)
+
+
+def test_a_sequencer_numbers_each_channel_from_one() -> None:
+    sequencer = Sequencer()
+    assert sequencer.origin.startswith(node_id() + "/")
+    numbers = [
+        Envelope.decode(sequencer.envelope(channel, Kind.BROADCAST, "/ws", "", 1, b"")).seq
+        for channel in ("all", "all", "node:x", "all", "node:x")
+    ]
+    assert numbers == [1, 2, 1, 3, 2]
+
+
+def test_the_gap_detector_reports_holes_and_drops_repeats() -> None:
+    detector = GapDetector(capacity=2)
+    assert detector.check("a", "all", 7) is True  # the first heard: nothing to compare
+    assert detector.check("a", "all", 8) is True
+    assert detector.check("a", "all", 12) == Gap("a", "all", 9, 11)
+    assert Gap("a", "all", 9, 11).count == 3
+    assert detector.check("a", "all", 12) is False  # a duplicate
+    assert detector.check("a", "all", 10) is False  # too late: already reported
+    assert detector.check("a", "node:n", 1) is True  # channels are followed apart
+    assert detector.check("b", "all", 1) is True  # a third pair: "a"/"all" is forgotten
+    assert detector.check("a", "all", 20) is True
+
+
+class Recorder:
+    """Stands in for a Connection: records what it is handed."""
+
+    def __init__(self) -> None:
+        self.messages: list[str | bytes] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, data: str | bytes) -> bool:
+        return self.send_outgoing(Outgoing(data))
+
+    def send_outgoing(self, message: Outgoing) -> bool:
+        payload = bytes(message.payload)
+        self.messages.append(payload.decode() if message.opcode == Opcode.TEXT else payload)
+        return True
+
+    def request_close(self, code: int, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+
+def registry_of(key: str, *names: str) -> tuple[Registry, dict[str, Recorder]]:
+    registry = Registry(key)
+    recorders = {name: Recorder() for name in names}
+    for name, recorder in recorders.items():
+        registry.add(name, recorder)  # type: ignore[arg-type]
+    return registry, recorders
+
+
+def test_the_memory_broker_delivers_here_and_reaches_no_other_process() -> None:
+    broker = MemoryBroker()
+    registry, clients = registry_of("/ws", "n.1", "n.2")
+    broker.attach(registry)
+    registry.join("n.2", "lobby")
+    assert broker.broadcast("/ws", "all") == 2
+    assert broker.broadcast("/ws", b"lobby", room="lobby") == 1
+    assert broker.broadcast("/elsewhere", "nobody") == 0
+    assert broker.send_to("/ws", "n.1", "one")
+    assert clients["n.1"].messages == ["all", "one"]
+    assert clients["n.2"].messages == ["all", b"lobby"]
+    # Ids of this process that are gone, and ids of other processes: nobody to take them.
+    assert not broker.send_to("/ws", new_id(), "gone")
+    assert not broker.send_to("/ws", "othernode.1", "far away")
+    assert not broker.close("/ws", "othernode.1")
+    assert broker.close("/ws", "n.1", 4000, "bye")
+    assert clients["n.1"].closed == (4000, "bye") and "n.1" not in registry
+    with pytest.raises(ValueError):
+        broker.close("/ws", "n.2", 1006)
+
+
+def test_received_envelopes_reach_local_connections_and_gaps_are_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = RedisBroker("redis://127.0.0.1:1/0")  # never connects: fed by hand below
+    registry, clients = registry_of("/ws", "n.1", "n.2")
+    broker.attach(registry)  # and no listen(): no listener
+    registry.join("n.2", "lobby")
+    gaps: list[Gap] = []
+    broker.on("broker_gap")(gaps.append)
+
+    def feed(seq: int, kind: Kind, target: str, payload: bytes, opcode: int = Opcode.TEXT) -> None:
+        envelope = Envelope(kind, opcode, "/ws", target, payload, "far/1", seq)
+        broker._on_message("geo_ws:all", envelope.encode())
+
+    feed(1, Kind.BROADCAST, "", b"one")
+    feed(2, Kind.ROOM, "lobby", b"\x00\xff", Opcode.BINARY)
+    feed(2, Kind.BROADCAST, "", b"two again")  # a duplicate: dropped
+    with caplog.at_level(logging.WARNING, logger="geo_ws"):
+        feed(5, Kind.SEND_TO, "n.1", b"five")
+    feed(6, Kind.CLOSE, "n.2", encode_close(4001, "go"), Opcode.CLOSE)
+    broker._on_message("geo_ws:all", b"junk")
+    # Its own envelopes were delivered before they were published: dropped.
+    own = broker._sequencer.envelope("geo_ws:all", Kind.BROADCAST, "/ws", "", 1, b"own")
+    broker._on_message("geo_ws:all", own)
+
+    assert clients["n.1"].messages == ["one", "five"]
+    assert clients["n.2"].messages == ["one", b"\x00\xff"]
+    assert clients["n.2"].closed == (4001, "go") and "n.2" not in registry
+    assert gaps == [Gap("far/1", "geo_ws:all", 3, 4)]
+    stats = broker.stats
+    assert (stats.received, stats.gaps, stats.missed) == (4, 1, 2)
+    assert (stats.duplicates, stats.malformed) == (1, 1)
+    assert "2 message(s) from far/1 on geo_ws:all never arrived (seq 3-4)" in caplog.text
+
+
+def test_hooks_take_only_known_events_and_a_failing_hook_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = MemoryBroker()
+    with pytest.raises(ValueError):
+        broker.on("gap")
+
+    @broker.on("broker_reconnect")
+    def failing(downtime: float) -> None:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="geo_ws"):
+        broker._run_hooks("broker_reconnect", 1.0)
+    assert "the broker_reconnect hook" in caplog.text and "boom" in caplog.text
+
+
+def test_get_broker_builds_one_redis_broker_per_url() -> None:
+    memory = MemoryBroker()
+    assert get_broker(memory) is memory
+    assert isinstance(get_broker(None), MemoryBroker)
+    assert isinstance(get_broker("memory://"), MemoryBroker)
+    url = f"redis://127.0.0.1:{free_port()}/3"
+    broker = get_broker(url)
+    assert isinstance(broker, RedisBroker) and broker.url == url
+    assert get_broker(url) is broker
+    with pytest.raises(ValueError, match="no broker"):
+        get_broker("amqp://localhost")
+
+
+# -- choosing the broker of an endpoint ---------------------------------------------------
+
+
+@pytest.fixture
+def stop_brokers() -> Iterator[list[RedisBroker]]:
+    """Brokers to stop after the test (their greenlets would outlive it)."""
+    brokers: list[RedisBroker] = []
+    yield brokers
+    for broker in brokers:
+        broker.stop()
+
+
+def test_the_endpoint_option_then_app_config_then_environment_choose_the_broker(
+    monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    monkeypatch.delenv("GEO_WS_BROKER_URL", raising=False)
+    app = Flask(__name__)
+    default = WebSocket(app, "/default")
+    configured = WebSocket(app, "/configured")
+    chosen = WebSocket(app, "/chosen", broker=MemoryBroker())
+    assert isinstance(default.broker, MemoryBroker)  # nothing configured: one process
+    # The app's config may come after the endpoints: it is read on first use.
+    app.config["GEO_WS_BROKER_URL"] = redis_server.url
+    broker = configured.broker
+    assert isinstance(broker, RedisBroker) and broker.url == redis_server.url
+    stop_brokers.append(broker)
+    assert not broker.wait_subscribed(0)  # choosing it opened nothing: clients subscribe
+    assert isinstance(chosen.broker, MemoryBroker)
+    monkeypatch.setenv("GEO_WS_BROKER_URL", redis_server.url[:-1] + "1")
+    other = Flask("other")
+    from_env = WebSocket(other, "/ws").broker
+    assert isinstance(from_env, RedisBroker) and from_env.url.endswith("/1")
+    stop_brokers.append(from_env)
+
+
+# -- across nodes, with a real redis-server -----------------------------------------------
+
+
+def start_node(serve: Serve, url: str, ns: str, stop_brokers: list[RedisBroker]) -> str:
+    """An app with a RedisBroker of its own, served in this process: one node."""
+    broker = RedisBroker(url, namespace=ns)
+    stop_brokers.append(broker)
+    return serve(create_app(broker))
+
+
+def client(address: str) -> tuple[RawClient, str]:
+    """A client of the cluster app, and its id."""
+    raw = RawClient(address, "/ws")
+    assert raw.status == 101
+    hello = json.loads(raw.recv())
+    return raw, hello["id"]
+
+
+def command(raw: RawClient, **fields: Any) -> None:
+    raw.send_text(json.dumps(fields))
+
+
+def test_broadcasts_and_rooms_reach_every_node_exactly_once(
+    serve: Serve, redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    ns = namespace()
+    first, second = (start_node(serve, redis_server.url, ns, stop_brokers) for _ in range(2))
+    (a, _), (b, _), (b2, _) = client(first), client(second), client(second)
+    command(a, all="hello")
+    assert [a.recv(), b.recv(), b2.recv()] == ["hello"] * 3
+    command(b, join="lobby")
+    assert json.loads(b.recv()) == {"joined": "lobby"}
+    command(a, room="lobby", text="lobby only")
+    assert b.recv() == "lobby only"
+    command(b, leave="lobby")
+    assert json.loads(b.recv()) == {"left": "lobby"}
+    command(a, room="lobby", text="nobody left")
+    command(a, all="end")
+    # Whatever was sent before "end" came first: no duplicate, no room message leaked.
+    assert [a.recv(), b.recv(), b2.recv()] == ["end"] * 3
+
+
+def test_the_emitter_sends_broadcasts_and_closes_from_outside(
+    serve: Serve, redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    ns = namespace()
+    first, second = (start_node(serve, redis_server.url, ns, stop_brokers) for _ in range(2))
+    (a, a_id), (b, b_id) = client(first), client(second)
+    command(b, join="lobby")
+    assert json.loads(b.recv()) == {"joined": "lobby"}
+    emitter = Emitter(redis_server.url, namespace=ns)
+    try:
+        assert emitter.broadcast("/ws", "from cron") == 2  # two nodes subscribed
+        assert [a.recv(), b.recv()] == ["from cron"] * 2
+        emitter.broadcast("/ws", b"\x00binary", room="lobby")
+        assert b.recv() == b"\x00binary"
+        emitter.send_to(b_id, "just b")
+        assert b.recv() == "just b"
+        emitter.broadcast("/other", "another endpoint")  # nobody there
+        emitter.close(a_id, 4001, "closed from cron")
+        close = a.recv_close()
+        assert (close.code, close.reason) == (4001, "closed from cron")
+        emitter.broadcast("/ws", "after")
+        assert b.recv() == "after"
+        with pytest.raises(ValueError):
+            emitter.send_to("not-an-id", "x")
+        with pytest.raises(ValueError):
+            emitter.close(b_id, 1005)
+    finally:
+        emitter.disconnect()
+
+
+class LogWatcher(logging.Handler):
+    """Sets an event when a ``geo_ws`` record matches ``pattern``."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__(logging.WARNING)
+        self.pattern = re.compile(pattern)
+        self.seen = Event()
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.records.append(message)
+        if self.pattern.search(message):
+            self.seen.set()
+
+    def __enter__(self) -> LogWatcher:
+        logging.getLogger("geo_ws").addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging.getLogger("geo_ws").removeHandler(self)
+
+
+def test_without_redis_local_delivery_goes_on_and_lost_messages_are_counted(
+    serve: Serve, stop_brokers: list[RedisBroker]
+) -> None:
+    address = start_node(serve, f"redis://127.0.0.1:{free_port()}/0", namespace(), stop_brokers)
+    broker = stop_brokers[0]
+    with LogWatcher("cannot publish to Redis") as log:
+        (a, _), (b, _) = client(address), client(address)
+        for n in range(3):
+            command(a, all=str(n))
+        assert [a.recv() for _ in range(3)] == ["0", "1", "2"]
+        assert [b.recv() for _ in range(3)] == ["0", "1", "2"]
+        assert log.seen.wait(WAIT), log.records
+    assert broker.stats.publish_failed >= 1 and broker.stats.published == 0
+    assert any("lost the Redis subscription" in record for record in log.records)
+
+
+def test_redis_killed_mid_stream_the_gap_is_reported_and_delivery_resumes(
+    serve: Serve, stop_brokers: list[RedisBroker]
+) -> None:
+    redis = RedisServer()  # its own: this test kills it
+    try:
+        ns = namespace()
+        first, second = (start_node(serve, redis.url, ns, stop_brokers) for _ in range(2))
+        receiving = stop_brokers[1]
+        gaps: list[Gap] = []
+        events: list[str] = []
+        receiving.on("broker_gap")(gaps.append)
+        receiving.on("broker_disconnect")(lambda error: events.append("disconnect"))
+        receiving.on("broker_reconnect")(lambda downtime: events.append("reconnect"))
+        (sender, _), (local, _), (remote, _) = client(first), client(first), client(second)
+        sent = 0
+        stop = Event()
+
+        def send() -> None:
+            nonlocal sent
+            while not stop.is_set():
+                command(sender, all=str(sent))
+                sent += 1
+                gevent.sleep(0.01)
+
+        def received(raw: RawClient, until: Callable[[list[int]], bool]) -> list[int]:
+            numbers: list[int] = []
+            while not until(numbers):
+                numbers.append(int(raw.recv()))
+            return numbers
+
+        sending = gevent.spawn(send)
+        with LogWatcher("never arrived") as log:
+            before = received(remote, lambda numbers: len(numbers) >= 20)
+            redis.kill()
+            stopped_at = sent
+            gevent.sleep(0.5)  # an outage of half a second, messages flowing all along
+            redis.start()
+            back_at = sent
+            back = gevent.get_hub().loop.now()
+            after = received(remote, lambda numbers: bool(numbers) and numbers[-1] > back_at)
+            resumed = gevent.get_hub().loop.now() - back
+            stop.set()
+            sending.join(WAIT)
+            last = sent - 1
+            rest = received(remote, lambda numbers: last in numbers or after[-1] == last)
+            assert log.seen.wait(WAIT), log.records
+        remote_got = before + after + rest
+        local_got = received(sender, lambda numbers: len(numbers) == sent)
+        assert local_got == list(range(sent))  # the sender's own node never missed one
+        assert received(local, lambda numbers: len(numbers) == sent) == list(range(sent))
+        # The other node: in order, no duplicate, and every hole reported.
+        assert remote_got == sorted(set(remote_got))
+        missing = set(range(remote_got[0], sent)) - set(remote_got)
+        # Lost: what was sent around the outage (the last ones before it may be too).
+        assert missing and before[-1] < min(missing), (stopped_at, back_at, missing)
+        assert sum(gap.count for gap in gaps) == len(missing) == receiving.stats.missed
+        assert resumed < 5.0
+        assert events[:2] == ["disconnect", "reconnect"]
+        assert stop_brokers[0].stats.publish_failed >= 1
+    finally:
+        redis.kill()

@@ -1,0 +1,214 @@
+"""One connection's I/O (geo_ws.io.connection) over a real socket pair."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import gevent
+import pytest
+from gevent.event import AsyncResult
+
+from geo_ws.exceptions import ConnectionClosed
+from geo_ws.io.connection import Connection, Interrupted, Outgoing
+from geo_ws.protocol.frames import Opcode, encode_close, encode_frame
+from geo_ws.protocol.machine import Close, Event, Message, Pong, Protocol
+
+from ..helpers import WAIT
+
+
+class Peer:
+    """The client end of the pair: sends masked frames, parses what the server sends."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.protocol = Protocol(client=True, max_message_size=None)
+        self.events: list[Event] = []
+
+    def send(self, opcode: int, payload: bytes = b"", *, masked: bool = True) -> None:
+        self.sock.sendall(encode_frame(opcode, payload, mask=os.urandom(4) if masked else None))
+
+    def event(self) -> Event:
+        with gevent.Timeout(WAIT):
+            while not self.events:
+                data = self.sock.recv(65536)
+                self.events += (
+                    self.protocol.receive_data(data) if data else self.protocol.receive_eof()
+                )
+        return self.events.pop(0)
+
+    def at_eof(self) -> bool:
+        """Read and drop what is left; True once the server closed TCP."""
+        with gevent.Timeout(WAIT):
+            while self.sock.recv(65536):
+                pass
+        return True
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Connection, Peer]]:
+    server, client = socket.socketpair()
+    connection = Connection(server, close_timeout=1)
+    yield connection, Peer(client)
+    connection.abort()
+    client.close()
+
+
+def test_a_burst_of_sends_leaves_in_one_write_at_the_end_of_the_turn(
+    pair: tuple[Connection, Peer],
+) -> None:
+    connection, peer = pair
+    for word in ("one", "two", "three"):
+        assert connection.send(word)
+    peer.sock.settimeout(0.0)
+    with pytest.raises(BlockingIOError):
+        peer.sock.recv(100)  # nothing written while the sender keeps the turn
+    gevent.sleep(0)  # the turn ends: one write carries the whole burst
+    expected = b"".join(Outgoing(word).frame for word in ("one", "two", "three"))
+    assert peer.sock.recv(100) == expected
+
+
+def test_what_the_kernel_cannot_take_waits_in_order(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    messages = [bytes([n]) * 300_000 for n in range(8)]  # far more than socket buffers
+    for message in messages:
+        assert connection.send(message)
+    assert [peer.event() for _ in messages] == [Message(message) for message in messages]
+
+
+def test_overflowing_the_outbox_requests_a_1008_close(pair: tuple[Connection, Peer]) -> None:
+    connection, _ = pair
+    connection.max_outbox_size = 500_000
+    sent = [connection.send(b"x" * 300_000) for _ in range(5)]
+    assert sent[0] and not sent[-1]
+    assert connection.close_request is not None
+    assert connection.close_request[0] == 1008
+    assert not connection.can_send
+    assert not connection.send("refused after the overflow")
+
+
+def test_send_rejects_other_types(pair: tuple[Connection, Peer]) -> None:
+    connection, _ = pair
+    with pytest.raises(TypeError, match="int"):
+        connection.send(42)  # type: ignore[arg-type]
+
+
+def test_receive_answers_pings_and_returns_messages(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    peer.send(Opcode.PING, b"payload")
+    peer.send(Opcode.TEXT, "héllo".encode())
+    peer.send(Opcode.BINARY, b"\x00\xff")
+    assert connection.receive() == "héllo"
+    assert connection.receive() == b"\x00\xff"
+    assert peer.event() == Pong(b"payload")
+
+
+def test_receive_raises_connection_closed_with_the_peer_code(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    peer.send(Opcode.CLOSE, encode_close(4000, "done"))
+    with pytest.raises(ConnectionClosed) as closed:
+        connection.receive()
+    assert (closed.value.code, closed.value.reason) == (4000, "done")
+    assert connection.can_send  # the app may still answer before the closing Close
+    connection.close(4000)
+    assert peer.event() == Close(4000, "")
+    assert peer.at_eof()  # then TCP closes
+
+
+def test_a_dropped_connection_is_1006(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    peer.sock.close()
+    with pytest.raises(ConnectionClosed) as closed:
+        connection.receive()
+    assert closed.value.code == 1006
+    assert not connection.can_send
+
+
+def test_a_protocol_error_fails_with_its_code_and_closes_tcp(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    peer.send(Opcode.TEXT, b"fine")
+    peer.send(Opcode.TEXT, b"unmasked", masked=False)
+    assert connection.receive() == "fine"  # events before the bad frame come first
+    with pytest.raises(ConnectionClosed) as closed:
+        connection.receive()
+    assert closed.value.code == 1002
+    close = peer.event()
+    assert isinstance(close, Close) and close.code == 1002
+    peer.sock.shutdown(socket.SHUT_WR)
+    assert peer.at_eof()
+
+
+def test_request_close_interrupts_a_waiting_receive(pair: tuple[Connection, Peer]) -> None:
+    connection, _ = pair
+    waiter = gevent.spawn(connection.receive)
+    gevent.sleep(0.01)
+    connection.request_close(1001, "going away")
+    with pytest.raises(Interrupted):
+        waiter.get(timeout=WAIT)
+    connection.request_close(1000)  # the first request wins
+    assert connection.close_request == (1001, "going away", False)
+
+
+def test_close_waits_for_the_peer_close_then_closes_tcp(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    closing = gevent.spawn(connection.close, 1000, "bye")
+    assert peer.event() == Close(1000, "bye")
+    assert not closing.ready()  # still waiting for our answer
+    peer.send(Opcode.CLOSE, encode_close(1000))
+    closing.get(timeout=WAIT)
+    assert peer.at_eof()
+
+
+def test_close_gives_up_on_a_silent_peer_after_close_timeout(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    connection.close_timeout = 0.2
+    with gevent.Timeout(WAIT):
+        connection.close(1000)
+    assert peer.event() == Close(1000, "")
+    assert peer.at_eof()
+
+
+def test_pings_during_a_closing_handshake_are_not_answered(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    closing = gevent.spawn(connection.close, 1000)
+    assert peer.event() == Close(1000, "")
+    peer.send(Opcode.PING, b"late")
+    peer.send(Opcode.CLOSE, encode_close(1000))
+    closing.get(timeout=WAIT)
+    assert peer.sock.recv(100) == b""  # EOF, no Pong
+
+
+def test_a_parked_connection_is_served_by_a_worker_once_data_comes(
+    pair: tuple[Connection, Peer],
+) -> None:
+    connection, peer = pair
+    assert connection.can_park
+    assert connection.receive_nowait() is None  # nothing came yet: park rather than wait
+    served: AsyncResult[tuple[str | bytes | None, object]] = AsyncResult()
+
+    def serve() -> None:
+        served.set((connection.receive_nowait(), gevent.getcurrent()))
+
+    connection.park(serve)
+    peer.send(Opcode.TEXT, b"hi")
+    message, worker = served.get(timeout=WAIT)
+    assert message == "hi"
+    assert worker is not gevent.getcurrent()
+    assert connection.owner is None  # serve returned: nothing holds the connection
+
+
+def test_request_close_wakes_a_parked_connection(pair: tuple[Connection, Peer]) -> None:
+    connection, _ = pair
+    assert connection.receive_nowait() is None
+    interrupted = AsyncResult()
+
+    def serve() -> None:
+        try:
+            connection.receive_nowait()
+        except Interrupted:
+            interrupted.set(True)
+
+    connection.park(serve)
+    connection.request_close(1001, "going away")
+    assert interrupted.get(timeout=WAIT)

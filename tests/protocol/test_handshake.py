@@ -1,0 +1,132 @@
+"""The opening handshake, sans-I/O (RFC 6455 section 4.2)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from geo_ws.exceptions import HandshakeError
+from geo_ws.protocol.handshake import (
+    RequestHead,
+    accept_key,
+    check_request,
+    is_upgrade_request,
+    parse_request_head,
+    response_101,
+)
+
+KEY = base64.b64encode(b"0123456789abcdef").decode()
+
+
+def environ(**overrides: str) -> dict[str, str]:
+    env = {
+        "REQUEST_METHOD": "GET",
+        "HTTP_CONNECTION": "keep-alive, Upgrade",
+        "HTTP_UPGRADE": "websocket",
+        "HTTP_SEC_WEBSOCKET_VERSION": "13",
+        "HTTP_SEC_WEBSOCKET_KEY": KEY,
+    }
+    env.update(overrides)
+    return {name: value for name, value in env.items() if value is not None}
+
+
+def test_accept_key_matches_the_rfc_example() -> None:
+    # RFC 6455 section 1.3.
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_a_valid_request_returns_its_key() -> None:
+    assert check_request(environ()) == KEY
+    assert is_upgrade_request(environ(HTTP_UPGRADE="WebSocket"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "words"),
+    [
+        ({"HTTP_UPGRADE": ""}, 426, "only serves WebSocket"),
+        ({"HTTP_CONNECTION": "keep-alive"}, 426, "only serves WebSocket"),
+        ({"REQUEST_METHOD": "POST"}, 400, "GET"),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": ""}, 426, "missing Sec-WebSocket-Version"),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": "8"}, 426, "only 13"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": ""}, 400, "missing Sec-WebSocket-Key"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": "not base64!"}, 400, "16 bytes"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(b"short").decode()}, 400, "16 bytes"),
+    ],
+)
+def test_invalid_requests_are_refused(overrides: dict[str, str], status: int, words: str) -> None:
+    with pytest.raises(HandshakeError) as error:
+        check_request(environ(**overrides))
+    assert error.value.status == status
+    assert words in error.value.reason
+
+
+def test_a_version_refusal_advertises_version_13() -> None:
+    with pytest.raises(HandshakeError) as error:
+        check_request(environ(HTTP_SEC_WEBSOCKET_VERSION="8"))
+    assert ("Sec-WebSocket-Version", "13") in error.value.headers
+
+
+def test_the_101_response() -> None:
+    response = response_101(KEY, [("Sec-WebSocket-Protocol", "chat")])
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert rest == b""
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 101 Switching Protocols"
+    assert "Upgrade: websocket" in lines and "Connection: Upgrade" in lines
+    assert f"Sec-WebSocket-Accept: {accept_key(KEY)}" in lines
+    assert "Sec-WebSocket-Protocol: chat" in lines
+
+
+def test_check_origin() -> None:
+    from geo_ws.protocol.handshake import check_origin
+
+    check_origin(environ(HTTP_ORIGIN="https://a.example"), ["https://a.example"])
+    check_origin(environ(), ["https://a.example", None])
+    for env in (environ(HTTP_ORIGIN="https://b.example"), environ()):
+        with pytest.raises(HandshakeError) as error:
+            check_origin(env, ["https://a.example"])
+        assert error.value.status == 403
+
+
+def test_select_subprotocol_prefers_the_server_order() -> None:
+    from geo_ws.protocol.handshake import select_subprotocol
+
+    offered = environ(HTTP_SEC_WEBSOCKET_PROTOCOL="mqtt, v1.chat ,v2.chat")
+    assert select_subprotocol(offered, ["v2.chat", "v1.chat"]) == "v2.chat"
+    assert select_subprotocol(offered, ["graphql-ws"]) is None
+    assert select_subprotocol(environ(), ["v2.chat"]) is None
+    assert select_subprotocol(offered, []) is None
+
+
+HEAD = (
+    b"GET /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade:  websocket \r\n"
+    b"Connection: Upgrade\r\n\r\n"
+)
+
+
+def test_parse_request_head_takes_a_whole_plain_head() -> None:
+    head = parse_request_head(HEAD + b"\x81\x85frame")
+    assert head == RequestHead(
+        "GET",
+        "/chat?room=1",
+        [("Host", "example.com"), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        len(HEAD),
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        HEAD[:-2],  # not all there yet
+        HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        HEAD.replace(b"/chat?room=1", b"http://example.com/chat"),  # absolute form
+        HEAD.replace(b"GET /chat", b"GET  /chat"),
+        HEAD.replace(b"Host: example.com\r\n", b"Host: example.com\r\n folded\r\n"),
+        HEAD.replace(b"Host:", b"Host :"),
+        HEAD.replace(b"Host:", b"Host"),
+        HEAD.replace(b"GET", b"G(T"),
+    ],
+)
+def test_parse_request_head_leaves_anything_unusual_to_a_full_parser(data: bytes) -> None:
+    assert parse_request_head(data) is None

@@ -1,0 +1,564 @@
+"""geo_ws's built-in server: the monkey-patching guard, graceful shutdown, one port."""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import pytest
+import websocket
+from flask import Flask, request
+from gevent.event import Event
+from gevent.pool import Pool
+
+from geo_ws.flask.endpoint import WebSocket
+from geo_ws.protocol.frames import Opcode, encode_frame
+from geo_ws.protocol.machine import Message, Protocol
+from geo_ws.server.builtin import Server
+from tests.helpers import WAIT, RawClient
+from tests.live_apps.closing import app as closing_app
+from tests.live_apps.process import TIMEOUT_FACTOR, ServerProcess, run_python
+
+Serve = Callable[[Any], str]  # the serve fixture of conftest.py
+
+CLOSED = re.compile(r"^close handler ran for (\S+)$")
+SHUTTING_DOWN = re.compile(r"shutting down: closing (\d+) WebSocket\(s\)")
+
+
+def closing_server(*options: str) -> ServerProcess:
+    """``python -m geo_ws run tests.live_apps.closing:app --port 0 OPTIONS``."""
+    return ServerProcess(
+        "-m", "geo_ws", "run", "tests.live_apps.closing:app", "--port", "0", *options
+    )
+
+
+def close_handler_runs(server: ServerProcess) -> list[str]:
+    """The names the live app's close handler printed, once the process has exited."""
+    lines = server.stdout.finish()
+    return sorted(match.group(1) for line in lines if (match := CLOSED.match(line)))
+
+
+def test_run_refuses_to_start_without_monkey_patching() -> None:
+    script = "from flask import Flask\nimport geo_ws\ngeo_ws.run(Flask('unpatched'), port=0)\n"
+    result = run_python("-c", script)
+    assert result.returncode != 0, result
+    lines = [line.strip() for line in result.stderr.splitlines()]
+    assert "from gevent import monkey" in lines, result.stderr
+    assert "monkey.patch_all()" in lines, result.stderr
+    assert lines.index("from gevent import monkey") < lines.index("monkey.patch_all()")
+    assert "serving on" not in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_sends_close_handler_result_then_1001_and_exits_0(signum: int) -> None:
+    graceful_timeout = 10.0
+    with closing_server("--graceful-timeout", str(graceful_timeout)) as server:
+        host, port = server.wait_serving()
+        address = f"{host}:{port}"
+        clients = [RawClient(address, f"/ws?name={name}") for name in ("one", "two")]
+        try:
+            for client in clients:
+                assert client.status == 101
+                # The connect handler ran: the server holds this connection.
+                assert client.recv() == "welcome"
+            server.proc.send_signal(signum)
+            for client in clients:
+                assert client.recv() == "bye"  # the close handler's return value first
+                assert client.recv_close().code == 1001  # then the server's Close
+            server.stderr.wait_for(SHUTTING_DOWN, WAIT)
+            for client in clients:
+                client.send_close(1001)
+            # Well within the graceful timeout: the handshakes completed, nothing waited it out.
+            assert server.wait(timeout=graceful_timeout / 2) == 0
+            for client in clients:
+                assert client.at_eof()
+        finally:
+            for client in clients:
+                client.close()
+        assert close_handler_runs(server) == ["one", "two"]
+        assert any(
+            (match := SHUTTING_DOWN.search(line)) and match.group(1) == "2"
+            for line in server.stderr.lines
+        ), server.stderr.lines
+
+
+def test_client_that_never_answers_close_cannot_hold_the_shutdown() -> None:
+    with closing_server("--graceful-timeout", "1") as server:
+        host, port = server.wait_serving()
+        client = RawClient(f"{host}:{port}", "/ws?name=silent")
+        try:
+            assert client.recv() == "welcome"
+            start = gevent.get_hub().loop.now()
+            server.proc.send_signal(signal.SIGTERM)
+            assert client.recv() == "bye"
+            assert client.recv_close().code == 1001
+            # The client never answers the Close (RawClient answers nothing by itself).
+            assert server.wait(timeout=5) == 0
+            # Connection.close_timeout is 5 s; --graceful-timeout 1 must cut it short.
+            assert gevent.get_hub().loop.now() - start < 4 * TIMEOUT_FACTOR
+            assert client.at_eof()
+        finally:
+            client.close()
+        assert close_handler_runs(server) == ["silent"]
+
+
+def test_shutdown_in_process_sends_1001_and_stops_listening() -> None:
+    server = Server(("127.0.0.1", 0), closing_app, log=None)
+    server.start()
+    address = f"127.0.0.1:{server.address[1]}"
+    client = RawClient(address, "/ws?name=inprocess")
+    stopper = None
+    try:
+        assert client.recv() == "welcome"
+        assert len(server.connections) == 1
+        stopper = gevent.spawn(server.shutdown, 5)
+        assert client.recv() == "bye"
+        assert client.recv_close().code == 1001
+        client.send_close(1001)
+        assert client.at_eof()
+        stopper.join(timeout=WAIT)
+        assert stopper.successful(), stopper.exception
+        assert server.connections == set()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.address[1]), timeout=2).close()
+    finally:
+        client.close()
+        if stopper is None or not stopper.dead:
+            server.shutdown(timeout=1)
+
+
+def test_shutdown_kills_a_handler_still_busy_at_the_deadline() -> None:
+    # The handler runs on a worker greenlet (the connection parked after connecting),
+    # outside the server's pool: shutdown must still end it, and run the close handler.
+    app = Flask(__name__)
+    endpoint = WebSocket(app, "/ws")
+    busy, closed = Event(), Event()
+
+    @endpoint.on("message")
+    def message() -> None:
+        busy.set()
+        gevent.sleep(60)
+
+    endpoint.on("close")(closed.set)
+    server = Server(("127.0.0.1", 0), app, log=None)
+    server.start()
+    client = RawClient(f"127.0.0.1:{server.address[1]}", "/ws")
+    try:
+        client.send_text("work")
+        assert busy.wait(WAIT)
+        with gevent.Timeout(WAIT):
+            server.shutdown(timeout=0.5)
+        assert closed.is_set()
+        assert server.connections == set()
+    finally:
+        client.close()
+
+
+def test_a_bounded_pool_counts_every_open_websocket() -> None:
+    # gunicorn's --worker-connections: an idle WebSocket holds no greenlet, but a place.
+    server = Server(("127.0.0.1", 0), closing_app, log=None, spawn=Pool(2))
+    server.start()
+    address = f"127.0.0.1:{server.address[1]}"
+    try:
+        first, second = RawClient(address, "/ws"), RawClient(address, "/ws")
+        assert first.recv() == second.recv() == "welcome"
+        assert len(server.connections.detached) == 2
+        third = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+        third.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        third.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            third.recv(1)  # not accepted: both places are taken
+        first.send_close(1000)
+        third.settimeout(WAIT)
+        assert third.recv(12) == b"HTTP/1.1 101"
+        third.close()
+    finally:
+        server.shutdown(timeout=1)
+
+
+def test_http_routes_and_websocket_share_one_port(serve: Serve) -> None:
+    address = serve(closing_app)
+    with urllib.request.urlopen(f"http://{address}/", timeout=WAIT) as response:
+        assert response.status == 200
+        assert response.read() == b"ok"
+    ws = websocket.create_connection(f"ws://{address}/ws?name=shared", timeout=WAIT)
+    try:
+        assert ws.recv() == "welcome"
+        ws.send("ping")
+        assert ws.recv() == "ping"
+        # A plain GET on the WebSocket path, on the same port, is told to upgrade.
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://{address}/ws", timeout=WAIT)
+        assert info.value.code == 426
+        # The HTTP route still answers while the WebSocket is open.
+        with urllib.request.urlopen(f"http://{address}/", timeout=WAIT) as response:
+            assert response.read() == b"ok"
+        ws.send("still open")
+        assert ws.recv() == "still open"
+    finally:
+        ws.close()
+
+
+def test_shutdown_twice_is_harmless() -> None:
+    server = Server(("127.0.0.1", 0), closing_app, log=None)
+    server.start()
+    server.shutdown(timeout=1)
+    server.shutdown(timeout=1)
+    assert server.closed
+    assert server.connections == set()
+
+
+def test_idle_keep_alive_http_connection_does_not_hold_the_shutdown() -> None:
+    # A browser that loaded a page keeps its HTTP/1.1 connection open, idle. Shutdown
+    # waits (bounded) for closing handshakes and close handlers, not for that client's
+    # next request: with no WebSocket open, the process should exit at once.
+    graceful_timeout = 10.0
+    with closing_server("--graceful-timeout", str(graceful_timeout)) as server:
+        host, port = server.wait_serving()
+        browser = socket.create_connection((host, port), timeout=WAIT)
+        try:
+            browser.sendall(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            response = b""
+            with gevent.Timeout(WAIT):
+                while not response.endswith(b"\r\n\r\nok"):
+                    chunk = browser.recv(4096)
+                    assert chunk, response
+                    response += chunk
+            assert response.startswith(b"HTTP/1.1 200 ")
+            server.proc.send_signal(signal.SIGTERM)
+            server.stderr.wait_for(SHUTTING_DOWN, WAIT)
+            # Not the full graceful timeout: 3 s leaves ample room for a prompt exit.
+            try:
+                exit_code = server.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                pytest.fail(
+                    "still running 3 s after SIGTERM with no WebSocket open: the idle "
+                    f"keep-alive HTTP connection holds the shutdown until --graceful-timeout "
+                    f"({graceful_timeout} s)"
+                )
+            assert exit_code == 0
+        finally:
+            browser.close()
+
+
+def test_a_slow_request_head_is_cut_off_and_others_are_served() -> None:
+    server = Server(("127.0.0.1", 0), closing_app, handshake_timeout=0.3, log=None)
+    server.start()
+    try:
+        address = f"127.0.0.1:{server.address[1]}"
+        slow = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+        slow.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
+        normal = RawClient(address, "/ws")
+        assert normal.recv() == "welcome"
+        with gevent.Timeout(WAIT):
+            assert slow.recv(100) == b""  # closed by the server, no response
+        normal.send_text("still here")
+        assert normal.recv() == "still here"
+    finally:
+        server.shutdown(timeout=1)
+
+
+def test_a_client_that_sends_nothing_is_closed_after_the_handshake_timeout() -> None:
+    # It is waited for by the event loop, without a greenlet, then dropped.
+    server = Server(("127.0.0.1", 0), closing_app, handshake_timeout=0.3, log=None)
+    server.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+        started = time.monotonic()
+        with gevent.Timeout(WAIT):
+            assert silent.recv(100) == b""
+        assert time.monotonic() - started > 0.2
+        silent.close()
+    finally:
+        server.shutdown(timeout=1)
+
+
+def test_shutdown_closes_clients_that_have_sent_nothing_yet() -> None:
+    server = Server(("127.0.0.1", 0), closing_app, handshake_timeout=60, log=None)
+    server.start()
+    silent = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+    try:
+        with gevent.Timeout(WAIT):
+            while not server._first_bytes:  # accepted, waited for by the event loop
+                gevent.sleep(0.01)
+        with gevent.Timeout(2):  # not the handshake timeout, nor the graceful one
+            server.shutdown(timeout=10)
+            assert silent.recv(100) == b""
+    finally:
+        silent.close()
+
+
+def test_each_client_is_handled_in_a_context_of_its_own(serve: Serve) -> None:
+    # Handlers run on greenlets that go on to the next client: what one request left in
+    # a context variable must not be seen by the next.
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user")
+    app = Flask(__name__)
+
+    @app.get("/set/<name>")
+    def set_user(name: str) -> str:
+        previous = user.get("nobody")
+        user.set(name)
+        return previous
+
+    address = serve(app)
+    for name in ("alice", "bob"):
+        with urllib.request.urlopen(f"http://{address}/set/{name}", timeout=WAIT) as response:
+            assert response.read() == b"nobody"
+
+
+def test_request_headers_over_16_kib_get_431(serve: Serve) -> None:
+    address = serve(closing_app)
+    big = RawClient(address, "/ws", {f"X-Filler-{n}": "x" * 1000 for n in range(17)})
+    assert big.status == 431
+    fits = RawClient(address, "/ws", {f"X-Filler-{n}": "x" * 1000 for n in range(14)})
+    assert fits.status == 101
+
+
+def test_frames_sent_right_behind_the_handshake_are_not_lost(serve: Serve) -> None:
+    address = serve(closing_app)
+    host, port = address.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    head = (
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    # One write: the request parser buffers the frame along with the head.
+    sock.sendall(head.encode() + encode_frame(Opcode.TEXT, b"eager", mask=b"abcd"))
+    protocol, events = Protocol(client=True), []
+    with gevent.Timeout(WAIT):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        events += protocol.receive_data(data.partition(b"\r\n\r\n")[2])
+        while len(events) < 2:
+            events += protocol.receive_data(sock.recv(4096))
+    assert events[:2] == [Message("welcome"), Message("eager")]
+    sock.close()
+
+
+def test_http_requests_read_whole_behind_the_quick_path(serve: Serve) -> None:
+    # The quick path reads the first bytes; pywsgi's handler reads them again, then the
+    # socket: a body sent with its head, and a request pipelined behind it, both arrive.
+    app = Flask(__name__)
+
+    @app.post("/echo")
+    def echo() -> bytes:
+        return request.get_data()
+
+    host, port = serve(app).split(":")
+    sock = socket.create_connection((host, int(port)), timeout=WAIT)
+    body = b"x" * 20_000  # more than pywsgi's buffer and the quick path's first read
+    request_ = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+    sock.sendall(request_ % (5, b"first") + request_ % (len(body), body))
+    data = b""
+    with gevent.Timeout(WAIT):
+        while not data.endswith(body):
+            chunk = sock.recv(65536)
+            assert chunk, data[:300]
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 ") == 2
+    assert b"\r\n\r\nfirst" in data
+    sock.close()
+
+
+def test_websockets_over_tls(tmp_path: Any) -> None:
+    import ssl
+
+    from geo_ws.client import connect as wss_connect
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = Server(("127.0.0.1", 0), closing_app, log=None, ssl_context=server_context)
+    server.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        url = f"wss://127.0.0.1:{server.address[1]}/ws"
+        with wss_connect(url, ssl_context=context, timeout=WAIT) as client:
+            assert client.recv(timeout=WAIT) == "welcome"
+            for size in (10, 100_000):  # small frames and one larger than a TLS record
+                client.send("x" * size)
+                assert client.recv(timeout=WAIT) == "x" * size
+    finally:
+        server.shutdown(timeout=1)
+
+
+# -- the quick path for handshakes that arrive whole ------------------------------------
+
+UPGRADE_HEAD = (
+    "GET /env/caf%C3%A9?a=1&b=%20 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+    "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\nX-Twice: one\r\nX-Twice: two\r\nCookie: a=1\r\n"
+    "Cookie: b=2\r\nX_Sneaky: dropped\r\nOrigin: http://h\r\n\r\n"
+)
+
+
+def environ_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Answers any request with its environ's plain values, as JSON."""
+    plain = {key: value for key, value in environ.items() if isinstance(value, (str, bool))}
+    body = json.dumps(plain).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+def exchange(port: int, request: str, pieces: int = 1) -> tuple[str, bytes]:
+    """Send ``request`` (in ``pieces`` writes, a little apart); return the head and body."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    data = request.encode()
+    step = -(-len(data) // pieces)
+    for start in range(0, len(data), step):
+        sock.sendall(data[start : start + step])
+        gevent.sleep(0.05)
+    response = b""
+    with gevent.Timeout(WAIT):
+        while b"\r\n\r\n" not in response:
+            response += sock.recv(65536)
+        head, _, body = response.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += sock.recv(65536)
+    sock.close()
+    return head.decode("latin-1"), body
+
+
+def start_server(app: Any, **options: Any) -> Server:
+    server = Server(("127.0.0.1", 0), app, log=None)
+    for name, value in options.items():
+        setattr(server, name, value)
+    server.start()
+    return server
+
+
+def test_the_quick_path_builds_the_environ_pywsgi_would() -> None:
+    quick, full = start_server(environ_app), start_server(environ_app, quick_handshakes=False)
+    try:
+        quick_head, quick_body = exchange(quick.address[1], UPGRADE_HEAD)
+        full_head, full_body = exchange(full.address[1], UPGRADE_HEAD)
+    finally:
+        quick.shutdown(timeout=1)
+        full.shutdown(timeout=1)
+    assert quick_head.startswith("HTTP/1.1 200") and full_head.startswith("HTTP/1.1 200")
+    assert "Connection: close" in quick_head  # a refused upgrade ends the connection
+    seen, expected = json.loads(quick_body), json.loads(full_body)
+    for differs in ("REMOTE_PORT", "SERVER_PORT", "wsgi.input_terminated"):
+        seen.pop(differs), expected.pop(differs)
+    assert seen == expected
+    assert seen["PATH_INFO"] == "/env/caf\u00c3\u00a9"  # WSGI's latin-1 of the UTF-8 bytes
+    assert seen["HTTP_X_TWICE"] == "one,two"
+    assert seen["HTTP_COOKIE"] == "a=1; b=2"
+    assert "HTTP_X_SNEAKY" not in seen
+
+
+def test_a_handshake_in_pieces_is_served_by_the_full_parser(serve: Serve) -> None:
+    address = serve(closing_app)
+    port = int(address.split(":")[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    request = UPGRADE_HEAD.replace("/env/caf%C3%A9?a=1&b=%20", "/ws").encode()
+    sock.sendall(request[:40])
+    gevent.sleep(0.1)  # the server peeks at an incomplete head
+    sock.sendall(request[40:])
+    protocol = Protocol(client=True)
+    with gevent.Timeout(WAIT):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        events = protocol.receive_data(rest)
+        while not events:
+            events = protocol.receive_data(sock.recv(4096))
+    assert head.startswith(b"HTTP/1.1 101")
+    assert events[0] == Message("welcome")
+    sock.close()
+
+
+def test_a_refused_quick_handshake_gets_the_apps_response_then_eof(serve: Serve) -> None:
+    client = RawClient(serve(closing_app), "/nowhere")
+    assert client.status == 404
+    assert "Connection: close" in client.response_head
+    assert client.at_eof()
+
+
+def test_an_app_failing_on_the_quick_path_answers_500(serve: Serve) -> None:
+    def failing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise RuntimeError("boom")
+
+    client = RawClient(serve(failing), "/ws")
+    assert client.status == 500
+    assert client.at_eof()
+
+
+def test_the_quick_path_writes_the_access_log() -> None:
+    log = io.StringIO()
+    server = Server(("127.0.0.1", 0), closing_app, log=log)
+    server.start()
+    try:
+        client = RawClient(f"127.0.0.1:{server.address[1]}", "/ws")
+        assert client.recv() == "welcome"
+        client.send_close()
+        client.recv_close()
+        refused = RawClient(f"127.0.0.1:{server.address[1]}", "/nowhere")
+        assert refused.at_eof()
+    finally:
+        server.shutdown(timeout=1)
+    lines = log.getvalue().splitlines()
+    assert any(re.search(r'"GET /ws HTTP/1.1" 101 - \d+\.\d+$', line) for line in lines), lines
+    assert any(re.search(r'"GET /nowhere HTTP/1.1" 404 \d+ ', line) for line in lines), lines
+
+
+def test_a_closed_connection_leaves_no_cyclic_garbage() -> None:
+    # Freed by reference counting, a closed connection costs the collector nothing: with
+    # thousands of connections, full collections were the handshake's largest cost.
+    server = Server(("127.0.0.1", 0), closing_app, log=None)
+    server.start()
+    address = f"127.0.0.1:{server.address[1]}"
+
+    def one_session() -> None:
+        client = RawClient(address, "/ws?name=gc")
+        assert client.recv() == "welcome"
+        client.send_close()
+        client.recv_close()
+        assert client.at_eof()
+        client.close()
+        assert server.connections.none_left.wait(WAIT)  # the server's side is over too
+
+    try:
+        one_session()  # first use: imports and caches
+        gc.collect()
+        gc.disable()
+        try:
+            one_session()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            garbage = [type(item) for item in gc.garbage]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    finally:
+        server.shutdown(timeout=1)
+    ours = [kind for kind in garbage if kind.__module__.startswith("geo_ws")]
+    frames = [kind for kind in garbage if kind.__name__ in ("frame", "traceback")]
+    assert ours == [] and frames == [], garbage
