@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 import greenlet
@@ -32,12 +32,16 @@ from flask import (
     request,
     signals,
 )
-from flask.ctx import RequestContext
-from flask.globals import request_ctx
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.datastructures import EnvironHeaders, Headers
 from werkzeug.routing import Rule, WebsocketMismatch
 
+from .._compat.flask import (
+    current_object,
+    current_request_context,
+    mark_serving,
+    push_without_matching,
+)
 from ..delivery.broker import Broker, get_broker
 from ..delivery.registry import Registry, new_id
 from ..exceptions import ConnectionClosed, HandshakeError
@@ -55,6 +59,9 @@ from ..protocol.handshake import (
 from ..server.builtin import register_direct_lane
 from ..server.wsgi import OpenConnections, Transport, take_over
 from .params import QueryParams
+
+if TYPE_CHECKING:
+    from flask.ctx import RequestContext
 
 __all__ = ["EVENTS", "INJECTABLE", "WebSocket", "WebSocketConnector", "direct_lane"]
 
@@ -197,7 +204,7 @@ def _direct_routes(app: Flask) -> dict[str, tuple[WebSocket, Rule]]:
     Made once: the app is marked as serving, as Flask's dispatch would, so that its
     routes and hooks can no longer change (Flask refuses setup methods from then on).
     """
-    app._got_first_request = True
+    mark_serving(app)
     url_map = app.url_map
     if url_map.host_matching or app.subdomain_matching or app.config.get("SERVER_NAME"):
         return {}
@@ -478,7 +485,7 @@ class WebSocket:
         config, else geo_ws's default; resolved on the app's first handshake.
         """
         if app is None:
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            app = current_object(current_app)
         options = self._options.get(app)
         if options is None:
             options = self._options[app] = Options.resolve(self._explicit, app.config)
@@ -488,7 +495,7 @@ class WebSocket:
 
     def _view(self, **path_params: Any) -> Response:
         """The Flask view: handshake, take the socket over, run the connection."""
-        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        app: Flask = current_object(current_app)
         try:
             connector = self._open(app, request.environ, path_params)
         except HandshakeError as error:
@@ -789,19 +796,14 @@ class WebSocketConnector:
                 # Still in the view: keep its request context for the handlers to come.
                 # Pushed once more, Flask's pop at the view's end leaves it (and its
                 # teardown) to _end; the greenlet's own context holds it meanwhile.
-                held: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
-                self._push(held)
+                self._push(current_request_context())
                 self._context = greenlet.getcurrent().gr_context
             connections.detach(connection)
         connection.park(self._serve, self._context)
 
     def _push(self, context: RequestContext) -> None:
         """Push ``context`` without matching the URL again: the rule matched stands."""
-        adapter, context.url_adapter = context.url_adapter, None
-        try:
-            context.push()
-        finally:
-            context.url_adapter = adapter
+        push_without_matching(context)
         self._request_context = context
 
     def _enter_request(self, rule: Rule) -> None:

@@ -13,6 +13,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .._compat.flask import current_object
 from ..io.options import Options
 
 __all__ = ["GeoWS", "cli"]
@@ -36,7 +37,7 @@ def run_command(host: str, port: int, graceful_timeout: float) -> None:
     monkey.patch_all()
     from ..server.builtin import run
 
-    run(current_app._get_current_object(), host, port, graceful_timeout=graceful_timeout)  # type: ignore[attr-defined]
+    run(current_object(current_app), host, port, graceful_timeout=graceful_timeout)
 
 
 class GeoWS:

@@ -19,6 +19,8 @@ import gevent
 import gevent.selectors
 from gevent.event import AsyncResult
 
+from .._compat.asyncio import no_running_loop
+
 __all__ = ["run_blocking", "run_coroutine"]
 
 T = TypeVar("T")
@@ -36,12 +38,8 @@ class _Selector(gevent.selectors.DefaultSelector):
     """
 
     def select(self, timeout: float | None = None) -> Any:
-        loop = asyncio.events._get_running_loop()
-        asyncio.events._set_running_loop(None)
-        try:
+        with no_running_loop():
             return super().select(timeout)
-        finally:
-            asyncio.events._set_running_loop(loop)
 
 
 def _shared_loop() -> asyncio.AbstractEventLoop:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..exceptions import PayloadTooBig
 
@@ -79,8 +80,8 @@ class PerMessageDeflate:
         self.client_no_context_takeover = client_no_context_takeover
         self.memory_level = memory_level
         self.min_size = min_size
-        self._compressor: zlib._Compress | None = None
-        self._decompressor: zlib._Decompress | None = None
+        self._compressor: _Compressor | None = None
+        self._decompressor: _Decompressor | None = None
 
     @property
     def shareable_key(self) -> tuple[int, int] | None:
@@ -133,6 +134,23 @@ class PerMessageDeflate:
         if self.client_no_context_takeover:
             self._decompressor = None
         return out
+
+
+class _Compressor(Protocol):
+    """What :func:`zlib.compressobj` returns (its type is private to zlib)."""
+
+    def compress(self, data: bytes | bytearray | memoryview, /) -> bytes: ...
+
+    def flush(self, mode: int = ..., /) -> bytes: ...
+
+
+class _Decompressor(Protocol):
+    """What :func:`zlib.decompressobj` returns (its type is private to zlib)."""
+
+    @property
+    def unconsumed_tail(self) -> bytes: ...
+
+    def decompress(self, data: bytes | memoryview, /, max_length: int = ...) -> bytes: ...
 
 
 def _parse_offer(offer: str) -> tuple[str, dict[str, str | None]] | None:
