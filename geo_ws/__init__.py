@@ -11,7 +11,6 @@
     @websocket.on("message")
     def message(ws, msg):
         ws.sync_broadcast(msg)
-        return ""
 
 Names are imported lazily, so ``import geo_ws.protocol`` stays free of gevent and
 Flask.
