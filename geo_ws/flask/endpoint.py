@@ -624,6 +624,9 @@ class WebSocketConnector:
         self._connection = connection
         self._transport = transport
         self._parking = False
+        # receive() saw this client's connection end: a handler's ConnectionClosed then
+        # is that ending, not the handler's failure.
+        self._ended_in_receive = False
         # The request context this connection holds past the view (popped at _end), and
         # the greenlet context that holds it.
         self._request_context: RequestContext | None = None
@@ -717,7 +720,11 @@ class WebSocketConnector:
                 (1006) or failed, or :meth:`close` was called (the code asked for).
             TimeoutError: no message came within ``timeout``.
         """
-        return self._connection.receive_or_closed(timeout)
+        try:
+            return self._connection.receive_or_closed(timeout)
+        except ConnectionClosed:
+            self._ended_in_receive = True
+            raise
 
     # -- rooms -------------------------------------------------------------------------
 
@@ -841,12 +848,18 @@ class WebSocketConnector:
             if deliver and result is not None:
                 self._send_result(event, result)
         except ConnectionClosed:
-            # From ws.receive(): the connection ended while the handler waited on it.
-            # Not an error; the session sees the same ending and closes accordingly.
-            pass
+            if not self._ended_in_receive:
+                # Another connection's ending, raised through the handler: a failure.
+                self._handler_failed(event)
+            # Else from ws.receive(): this connection ended while the handler waited on
+            # it. Not an error; the session sees the same ending and closes accordingly.
         except Exception:
-            logger.exception("the %s handler of WebSocket %s failed", event, self._endpoint.path)
-            self._connection.request_close(1011, "internal server error", error=True)
+            self._handler_failed(event)
+
+    def _handler_failed(self, event: str) -> None:
+        """Log the handler's exception (being handled) and close with 1011."""
+        logger.exception("the %s handler of WebSocket %s failed", event, self._endpoint.path)
+        self._connection.request_close(1011, "internal server error", error=True)
 
     def _inject(self, name: str, message: str | bytes) -> Any:
         if name == "ws":

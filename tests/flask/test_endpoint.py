@@ -247,6 +247,25 @@ def test_a_handler_error_closes_that_client_with_1011_and_others_go_on(
     assert http_get(address, "/nothing")[0] == 404  # the server itself goes on
 
 
+
+def test_a_connection_closed_raised_by_the_handler_itself_is_an_error(
+    app: Flask, serve, caplog
+) -> None:
+    """Only ws.receive()'s own ConnectionClosed (this client left) is quiet; one from
+    another connection the handler uses is a failure like any other."""
+    websocket = WebSocket(app, "/ws")
+
+    @websocket.on("message")
+    def message(msg):
+        raise ConnectionClosed(1000, "some other connection")
+
+    client = RawClient(serve(app), "/ws")
+    with caplog.at_level(logging.ERROR, logger="geo_ws"):
+        client.send_text("x")
+        close = client.recv_close()
+    assert close.code == 1011
+    assert "some other connection" in caplog.text
+
 # -- identity and request data ----------------------------------------------------------
 
 
