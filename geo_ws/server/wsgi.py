@@ -33,6 +33,8 @@ from typing import Any
 from gevent.event import Event
 from gevent.pywsgi import WSGIHandler
 
+from .._compat.geventwebsocket import upgraded_connection
+from .._compat.pywsgi import mark_response_started
 from ..io.connection import Connection
 
 __all__ = ["FOREIGN_CONNECTIONS", "TAKE_SOCKET", "OpenConnections", "Transport", "take_over"]
@@ -126,20 +128,14 @@ def take_over(environ: dict[str, Any]) -> Transport | None:
         detachable = isinstance(connections, OpenConnections)
         return Transport(sock, recv, connections, detachable=detachable)
     websocket: Any = environ.get("wsgi.websocket")
-    upgraded_by = getattr(websocket, "handler", None)  # gevent-websocket's, past its 101
-    if upgraded_by is not None:
+    upgraded = upgraded_connection(websocket)  # gevent-websocket's, past its 101
+    if upgraded is not None:
 
         def finish(start_response: Any) -> None:
             # Its handler closes the object unless it is closed already: no second Close.
             websocket.closed = True
 
-        return Transport(
-            upgraded_by.socket,
-            upgraded_by.rfile.read1,
-            FOREIGN_CONNECTIONS,
-            upgraded=True,
-            finish=finish,
-        )
+        return Transport(*upgraded, FOREIGN_CONNECTIONS, upgraded=True, finish=finish)
     sock = environ.get("gunicorn.sock")
     if sock is not None:
         # pywsgi hands upgrade requests its raw buffered reader; others, an Input on it.
@@ -149,7 +145,7 @@ def take_over(environ: dict[str, Any]) -> Transport | None:
             handler = getattr(start_response, "__self__", None)
             if isinstance(handler, WSGIHandler):
                 start_response("101 Switching Protocols", [])  # what the access log shows
-                handler.headers_sent = True  # ours went out before the session
+                mark_response_started(handler)  # ours went out before the session
                 handler.close_connection = True
             else:
                 # Behind a middleware that wraps start_response: a closed reader ends
