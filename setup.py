@@ -1,5 +1,13 @@
-"""A shim for tools that still call setup.py; the metadata lives in setup.cfg."""
+"""Builds the C masking extension; the metadata lives in setup.cfg.
 
-from setuptools import setup
+The extension is optional: where it cannot be compiled (no C compiler, say), the install
+still succeeds and :mod:`geo_ws.protocol.frames` masks in pure Python.
+"""
 
-setup()
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("geo_ws.protocol._mask", ["geo_ws/protocol/_mask.c"], optional=True),
+    ],
+)

@@ -9,17 +9,16 @@ and writes the same bytes to every client, because server frames are not masked)
 from __future__ import annotations
 
 import enum
-import importlib.machinery
-import importlib.util
-import os
+import importlib
 import struct
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from ..exceptions import InvalidUTF8, ProtocolError
 
 __all__ = [
     "EXTERNAL_CLOSE_CODES",
+    "MASK_IMPLEMENTATION",
     "MAX_CLOSE_REASON_SIZE",
     "MAX_CONTROL_PAYLOAD_SIZE",
     "BytesLike",
@@ -83,9 +82,20 @@ ranges in one set makes the check a single ``in``."""
 
 # --- masking (RFC 6455 section 5.3) -------------------------------------------------------------
 
+# Up to some 16 KiB one big-integer XOR is the fastest pure-Python mask; from 32 KiB on, four
+# bytes.translate calls over every fourth byte are up to twice as fast (CPython 3.11).
+_TRANSLATE_THRESHOLD = 32768
+
+# bytes(range(256)) and b"\x01" * 256 as integers: ``_IDENTITY ^ key * _ONES`` is the table that
+# XORs every byte with ``key``, built with two integer operations instead of a 256-step loop.
+_IDENTITY = int.from_bytes(bytes(range(256)), "little")
+_ONES = int.from_bytes(b"\x01" * 256, "little")
+
 
 def _apply_mask_python(data: BytesLike, mask: bytes) -> bytes:
     """XOR ``data`` with ``mask`` repeated, in pure Python.
+
+    This is the fallback for an install where the C extension could not be built.
 
     Args:
         data: the bytes to mask or unmask.
@@ -103,62 +113,44 @@ def _apply_mask_python(data: BytesLike, mask: bytes) -> bytes:
         # bytes() also flattens memoryviews of any format or layout into plain octets.
         data = bytes(data)
     size = len(data)
-    if not size:
-        return b""
-    # One big-integer XOR runs in C; a per-byte loop would be ~100 times slower.
-    # Byte order does not matter as long as both sides and the result agree.
-    repeated = mask * (size >> 2) + mask[: size & 3]
-    masked = int.from_bytes(data, "little") ^ int.from_bytes(repeated, "little")
-    return masked.to_bytes(size, "little")
+    if size < _TRANSLATE_THRESHOLD:
+        if not size:
+            return b""
+        # One big-integer XOR runs in C; a per-byte loop would be ~100 times slower.
+        # Byte order does not matter as long as both sides and the result agree.
+        repeated = mask * (size >> 2) + mask[: size & 3]
+        masked = int.from_bytes(data, "little") ^ int.from_bytes(repeated, "little")
+        return masked.to_bytes(size, "little")
+    # Byte i is XORed with mask[i % 4]: each of the four strided slices is one table lookup
+    # per byte.
+    result = bytearray(size)
+    for offset, key in enumerate(mask):
+        table = (_IDENTITY ^ key * _ONES).to_bytes(256, "little")
+        result[offset::4] = data[offset::4].translate(table)
+    return bytes(result)
 
 
-def _load_speedups() -> Callable[[BytesLike, bytes], bytes] | None:
-    """Return the C ``apply_mask`` of the optional ``websockets`` package, or None.
-
-    The compiled module is loaded straight from its file rather than with ``import
-    websockets.speedups``: importing the ``websockets`` package would also import ``socket``,
-    ``email`` and ``importlib.metadata`` (about 30 ms), which an I/O-free module must not pull in.
-    ``speedups.c`` imports nothing, so it works on its own.
-
-    Returns:
-        The accelerated function, or None when ``websockets`` or its C extension is missing.
-    """
-    try:
-        package = importlib.util.find_spec("websockets")
-    except (ImportError, ValueError):
-        return None
-    if package is None or not package.submodule_search_locations:
-        return None
-    for directory in package.submodule_search_locations:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(directory, "speedups" + suffix)
-            if not os.path.isfile(path):
-                continue
-            loader = importlib.machinery.ExtensionFileLoader("websockets.speedups", path)
-            spec = importlib.util.spec_from_loader("websockets.speedups", loader)
-            if spec is None:  # pragma: no cover - only without a loader
-                return None
-            try:
-                module = importlib.util.module_from_spec(spec)
-                loader.exec_module(module)
-                function: Callable[[BytesLike, bytes], bytes] = module.apply_mask
-            except (ImportError, AttributeError):  # pragma: no cover - foreign or broken build
-                return None
-            return function
-    return None
-
-
-_apply_mask_c = _load_speedups()
+_apply_mask_c: Callable[[BytesLike, bytes], bytes] | None
+try:
+    # Built from _mask.c by setup.py; optional, so that installing without a compiler works.
+    # Imported by name because import-linter finds modules by their .py files: it would take
+    # a static import of this one for an import of the geo_ws package itself.
+    _apply_mask_c = importlib.import_module("geo_ws.protocol._mask").apply_mask
+except ImportError:
+    _apply_mask_c = None
 
 apply_mask: Callable[[BytesLike, bytes], bytes] = (
     _apply_mask_python if _apply_mask_c is None else _apply_mask_c
 )
 """XOR ``data`` with the 4-byte ``mask`` repeated; masking twice gives the data back.
 
-Uses the C implementation from ``websockets.speedups`` when it is installed (several GB/s),
-else a pure-Python big-integer XOR. Returns ``bytes``; raises ``ValueError`` if ``mask`` is not
-4 bytes long.
+Uses geo_ws's C extension ``geo_ws.protocol._mask`` (several GB/s), built when geo_ws is
+installed, else a pure-Python fallback (a few hundred MB/s). Returns ``bytes``; raises
+``ValueError`` if ``mask`` is not 4 bytes long.
 """
+
+MASK_IMPLEMENTATION: Final[Literal["c", "python"]] = "python" if _apply_mask_c is None else "c"
+"""Which :data:`apply_mask` is in use: ``"c"`` for the extension, ``"python"`` for the fallback."""
 
 
 # --- frames (RFC 6455 section 5.2) --------------------------------------------------------------

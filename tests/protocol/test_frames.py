@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geo_ws.exceptions import InvalidUTF8, ProtocolError
-from geo_ws.protocol import frames
+from geo_ws.protocol import frames, machine
 from geo_ws.protocol.frames import (
     EXTERNAL_CLOSE_CODES,
     CloseCode,
@@ -32,15 +33,14 @@ LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 
 MaskFunction = Callable[[bytes | bytearray | memoryview, bytes], bytes]
 
+#: Skips a test of the C extension where it was not built; test_c_extension_in_use says so.
+NEEDS_C = pytest.mark.skipif(
+    frames._apply_mask_c is None, reason="the C extension geo_ws.protocol._mask was not built"
+)
+
 IMPLEMENTATIONS: list[object] = [
     pytest.param(frames._apply_mask_python, id="python"),
-    pytest.param(
-        frames._apply_mask_c,
-        id="c",
-        marks=pytest.mark.skipif(
-            frames._apply_mask_c is None, reason="websockets.speedups is not installed"
-        ),
-    ),
+    pytest.param(frames._apply_mask_c, id="c", marks=NEEDS_C),
 ]
 
 
@@ -173,7 +173,11 @@ class TestMasking:
     """5.3 Client-to-Server Masking."""
 
     @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-    @pytest.mark.parametrize("length", [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 32, 33, 1000, 65536])
+    @pytest.mark.parametrize(
+        "length",
+        # Around the C loop's 8- and 32-byte steps and the fallback's switch to translate.
+        [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 32, 33, 39, 40, 41, 1000, 32767, 32768, 32769, 65536],
+    )
     def test_matches_rfc(self, implementation: MaskFunction, length: int) -> None:
         data = os.urandom(length)
         assert implementation(data, MASK) == reference_mask(data, MASK)
@@ -192,12 +196,17 @@ class TestMasking:
         data = os.urandom(37)
         expected = reference_mask(data[3:30], MASK)
         assert implementation(memoryview(data)[3:30], MASK) == expected
-        assert implementation(bytearray(data[3:30]), MASK) == expected
+        masked = implementation(bytearray(data[3:30]), MASK)
+        assert type(masked) is bytes
+        assert masked == expected
 
-    def test_python_fallback_flattens_strided_views(self) -> None:
+    @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+    def test_views_are_read_as_their_bytes(self, implementation: MaskFunction) -> None:
+        # A strided view is flattened; a view of wider items is masked octet by octet.
         data = os.urandom(40)
-        view = memoryview(data)[::2]
-        assert frames._apply_mask_python(view, MASK) == reference_mask(data[::2], MASK)
+        assert implementation(memoryview(data)[::2], MASK) == reference_mask(data[::2], MASK)
+        words = array.array("I", range(1000, 1010))
+        assert implementation(memoryview(words), MASK) == reference_mask(words.tobytes(), MASK)
 
     @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
     @pytest.mark.parametrize("mask", [b"", b"abc", b"abcde"])
@@ -205,13 +214,51 @@ class TestMasking:
         with pytest.raises(ValueError):
             implementation(b"data", mask)
 
-    def test_fallback_without_websockets(self) -> None:
-        # Without websockets the pure-Python implementation is used, and it works.
+    @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+    def test_text_is_not_bytes(self, implementation: MaskFunction) -> None:
+        with pytest.raises(TypeError):
+            implementation("data", MASK)  # type: ignore[arg-type]
+
+    @NEEDS_C
+    @QUICK
+    @given(
+        data=st.binary(max_size=3000),
+        start=st.integers(0, 15),
+        step=st.integers(1, 3),
+        mask=st.binary(min_size=4, max_size=4),
+    )
+    def test_c_matches_python(self, data: bytes, start: int, step: int, mask: bytes) -> None:
+        # Any start in a buffer: the C loop reads words at every alignment.
+        view = memoryview(bytearray(data))[start::step]
+        assert frames._apply_mask_c is not None
+        masked = frames._apply_mask_c(view, mask)
+        assert masked == frames._apply_mask_python(view, mask)
+        assert masked == reference_mask(bytes(view), mask)
+
+    @NEEDS_C
+    @pytest.mark.parametrize("length", [4095, 4096, 4097, 32768, 65536 + 5, 1 << 20])
+    @pytest.mark.parametrize("start", range(8))
+    def test_c_matches_python_on_large_payloads(self, length: int, start: int) -> None:
+        view = memoryview(os.urandom(length + 8))[start : start + length]
+        assert frames._apply_mask_c is not None
+        assert frames._apply_mask_c(view, MASK) == frames._apply_mask_python(view, MASK)
+
+    def test_c_extension_in_use(self) -> None:
+        # setup.py builds geo_ws.protocol._mask on every install with a C compiler (pip
+        # install ., or -e), and the parser and every encode_frame use it.
+        assert frames.MASK_IMPLEMENTATION == "c", "build it: pip install -e ."
+        assert apply_mask.__module__ == "geo_ws.protocol._mask"
+        assert machine.apply_mask is apply_mask
+
+    def test_python_fallback_without_the_c_extension(self) -> None:
+        # As after an install where the extension could not be compiled.
         code = (
             "import sys\n"
-            "sys.modules['websockets'] = None  # makes the package unimportable\n"
-            "from geo_ws.protocol import frames\n"
+            "sys.modules['geo_ws.protocol._mask'] = None  # makes it unimportable\n"
+            "from geo_ws.protocol import frames, machine\n"
+            "assert frames.MASK_IMPLEMENTATION == 'python', frames.MASK_IMPLEMENTATION\n"
             "assert frames.apply_mask is frames._apply_mask_python\n"
+            "assert machine.apply_mask is frames._apply_mask_python\n"
             "assert frames.apply_mask(frames.apply_mask(b'hello', b'abcd'), b'abcd') == b'hello'\n"
         )
         root = Path(__file__).resolve().parents[2]
@@ -220,12 +267,6 @@ class TestMasking:
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
         )
         assert result.returncode == 0, result.stderr
-
-    def test_accelerator_is_used_when_available(self) -> None:
-        expected = (
-            frames._apply_mask_python if frames._apply_mask_c is None else frames._apply_mask_c
-        )
-        assert apply_mask is expected
 
 
 class TestClosePayload:
