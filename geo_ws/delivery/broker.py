@@ -37,6 +37,7 @@ import itertools
 import logging
 import os
 import struct
+import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
@@ -48,6 +49,7 @@ import gevent
 from gevent import Greenlet
 from gevent.event import Event
 
+from ..exceptions import ProtocolError
 from ..io.connection import Connection, Outgoing
 from ..protocol.frames import EXTERNAL_CLOSE_CODES, BytesLike, Opcode, encode_close, parse_close
 from .registry import Registry, node_id, node_of
@@ -126,6 +128,9 @@ class Kind(enum.IntEnum):
     """Close one connection (the target is its id; the payload is a Close payload)."""
 
 
+_KINDS = frozenset(Kind)
+
+
 @dataclass(frozen=True)
 class Envelope:
     """One send on its way between processes.
@@ -173,15 +178,19 @@ class Envelope:
 
     @classmethod
     def decode(cls, data: bytes) -> Envelope:
-        """Parse published bytes.
+        """Parse published bytes, and check that they make sense for a receiving node.
 
         Raises:
-            ValueError: another version, an unknown kind, or truncated data.
+            ValueError: saying what is wrong: truncated data, another version, an unknown
+                kind, or an opcode or payload that does not fit the kind (a text payload
+                that is not UTF-8, a close payload no Close frame may carry).
         """
         try:
             version, kind, opcode, seq, size = _HEADER.unpack_from(data)
             if version != VERSION:
                 raise ValueError(f"envelope version {version}, expected {VERSION}")
+            if kind not in _KINDS:
+                raise ValueError(f"unknown envelope kind {kind}")
             offset = _HEADER.size
             origin = data[offset : offset + size].decode("ascii")
             offset += size
@@ -193,9 +202,39 @@ class Envelope:
                     raise ValueError("truncated envelope")
                 fields.append(data[offset : offset + size].decode())
                 offset += size
-            return cls(Kind(kind), opcode, fields[0], fields[1], data[offset:], origin, seq)
-        except (struct.error, UnicodeDecodeError) as error:
-            raise ValueError(f"malformed envelope: {error}") from None
+        except struct.error:
+            raise ValueError(f"truncated envelope ({len(data)} bytes)") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"undecodable origin, endpoint or target: {error}") from None
+        envelope = cls(Kind(kind), opcode, fields[0], fields[1], data[offset:], origin, seq)
+        envelope._check_payload()
+        return envelope
+
+    def _check_payload(self) -> None:
+        """Refuse what a receiving node could not send or close with.
+
+        Raises:
+            ValueError: the opcode or payload does not fit the kind.
+        """
+        if self.kind is Kind.CLOSE:
+            if self.opcode != Opcode.CLOSE:
+                raise ValueError(f"a CLOSE envelope with opcode {self.opcode}")
+            if not self.payload:
+                raise ValueError("a CLOSE envelope without a close code")
+            try:
+                parse_close(self.payload)
+            except ProtocolError as error:
+                raise ValueError(f"a CLOSE envelope with a bad payload: {error}") from None
+        elif self.opcode == Opcode.TEXT:
+            try:
+                self.payload.decode()
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"a {self.kind.name} envelope with invalid UTF-8 in its text payload "
+                    f"(byte {error.start})"
+                ) from None
+        elif self.opcode != Opcode.BINARY:
+            raise ValueError(f"a {self.kind.name} envelope with opcode {self.opcode}")
 
     def outgoing(self) -> Outgoing:
         """The message to hand to local connections."""
@@ -506,6 +545,36 @@ class _Backoff:
         self._next = self.first
 
 
+class _RateLimitedLog:
+    """A log record that may recur with every message: at most one per ``interval``
+    seconds, the next one saying how many were left out, so that garbage published on
+    a channel, or a bug hit by every message, cannot flood the logs.
+
+    Args:
+        level: the records' level.
+        interval: seconds between two records.
+    """
+
+    def __init__(self, level: int, interval: float = 10.0) -> None:
+        self.level = level
+        self.interval = interval
+        self._next = float("-inf")
+        self._left_out = 0
+
+    def log(self, message: str, *args: object, exc_info: bool = False) -> None:
+        """Log ``message % args`` to ``geo_ws`` unless one was logged less than ``interval``
+        seconds ago."""
+        now = time.monotonic()
+        if now < self._next:
+            self._left_out += 1
+            return
+        self._next = now + self.interval
+        if self._left_out:
+            message += f" (and {self._left_out} more like it left out of the log)"
+            self._left_out = 0
+        logger.log(self.level, message, *args, exc_info=exc_info)
+
+
 class RedisBroker(Broker):
     """Carries sends between processes and hosts over Redis pub/sub.
 
@@ -516,7 +585,10 @@ class RedisBroker(Broker):
     Both reconnect by themselves with a backoff from 0.1 s to 5 s, reset on success.
     While Redis is unreachable local delivery goes on; the messages for other
     processes that could not be published are counted and logged, and so are the
-    ones other processes miss (see :class:`Gap`).
+    ones other processes miss (see :class:`Gap`). What is published on the channels but
+    is no valid envelope is dropped, counted in ``stats.malformed`` and logged (one
+    record per 10 s at most); an error while handling one message loses that message
+    only: the listener goes on.
 
     Args:
         url: a Redis URL (``redis://``, ``rediss://`` or ``unix://``).
@@ -565,6 +637,8 @@ class RedisBroker(Broker):
         self._publisher: Greenlet[Any, None] | None = None
         self._listener: Greenlet[Any, None] | None = None
         self._dropping = False
+        self._malformed = _RateLimitedLog(logging.WARNING)
+        self._errors = _RateLimitedLog(logging.ERROR)
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
@@ -706,7 +780,7 @@ class RedisBroker(Broker):
                         continue
                     heard = loop.now()
                     if message["type"] == "message":
-                        self._on_message(message["channel"].decode(), message["data"])
+                        self._handle(message["channel"], message["data"])
                     elif message["type"] == "subscribe":
                         confirmed += 1
                         if confirmed == len(channels):
@@ -722,7 +796,10 @@ class RedisBroker(Broker):
                                     "broker: subscribed to Redis again after %.1fs", downtime
                                 )
                                 self._run_hooks("broker_reconnect", downtime)
-            except (RedisError, OSError) as error:
+            except Exception as error:
+                if not isinstance(error, (RedisError, OSError)):
+                    # A bug, here or in redis-py: it must not end cross-worker delivery.
+                    self._errors.log("broker: the Redis listener failed", exc_info=True)
                 self._subscribed.clear()
                 self._first_attempt.set()
                 if down_since is None:
@@ -741,12 +818,30 @@ class RedisBroker(Broker):
                     pass
             gevent.sleep(backoff.next())
 
+    def _handle(self, channel: bytes, data: bytes) -> None:
+        """Hand one published message on; whatever goes wrong stays with that message."""
+        try:
+            self._on_message(channel.decode(), data)
+        except Exception:
+            # A bug, here or in an app's connection: this message is lost, not the next ones.
+            self._errors.log(
+                "broker: a message on %s (%d bytes) was lost: handling it failed",
+                channel,
+                len(data),
+                exc_info=True,
+            )
+
     def _on_message(self, channel: str, data: bytes) -> None:
         try:
             envelope = Envelope.decode(data)
         except ValueError as error:
             self.stats.malformed += 1
-            logger.warning("broker: dropped a message on %s: %s", channel, error)
+            self._malformed.log(
+                "broker: dropped a malformed message on %s (%d bytes): %s",
+                channel,
+                len(data),
+                error,
+            )
             return
         if envelope.origin == self._sequencer.origin:
             return  # delivered here already, before it was published

@@ -13,6 +13,7 @@ import gevent
 import pytest
 from flask import Flask
 from gevent.event import Event
+from gevent.queue import Queue
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,12 +26,13 @@ from geo_ws.delivery.broker import (
     MemoryBroker,
     RedisBroker,
     Sequencer,
+    _RateLimitedLog,
     get_broker,
 )
 from geo_ws.delivery.registry import Registry, new_id, node_id
 from geo_ws.flask.endpoint import WebSocket
 from geo_ws.io.connection import Outgoing
-from geo_ws.protocol.frames import Opcode, encode_close
+from geo_ws.protocol.frames import EXTERNAL_CLOSE_CODES, Opcode, encode_close
 from tests.helpers import QUICK, WAIT, RawClient
 from tests.live_apps.cluster import create_app
 from tests.live_apps.redis_server import RedisServer, free_port, namespace, redis_server
@@ -43,29 +45,72 @@ Serve = Callable[[Any], str]  # the serve fixture of conftest.py
 # -- envelopes, numbering, gaps (no I/O) --------------------------------------------------
 
 
+@st.composite
+def envelopes(draw: st.DrawFn) -> Envelope:
+    """Any envelope a broker or an emitter may publish."""
+    kind = draw(st.sampled_from(Kind))
+    opcode = draw(st.sampled_from([Opcode.TEXT, Opcode.BINARY]))
+    if kind is Kind.CLOSE:
+        opcode = Opcode.CLOSE
+        code = draw(st.sampled_from(sorted(EXTERNAL_CLOSE_CODES)))
+        payload = encode_close(code, draw(st.text(max_size=20)))
+    elif opcode == Opcode.TEXT:
+        payload = draw(st.text(max_size=100)).encode()
+    else:
+        payload = draw(st.binary(max_size=300))
+    return Envelope(
+        kind,
+        opcode,
+        draw(st.text(max_size=50)),
+        draw(st.text(max_size=50)),
+        payload,
+        draw(st.text(alphabet="0123456789abcdef/", max_size=40)),
+        draw(st.integers(min_value=0, max_value=2**64 - 1)),
+    )
+
+
 @QUICK
-@given(
-    kind=st.sampled_from(Kind),
-    opcode=st.sampled_from([Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE]),
-    endpoint=st.text(max_size=50),
-    target=st.text(max_size=50),
-    payload=st.binary(max_size=300),
-    origin=st.text(alphabet="0123456789abcdef/", max_size=40),
-    seq=st.integers(min_value=0, max_value=2**64 - 1),
-)
-def test_envelopes_round_trip(
-    kind: Kind, opcode: int, endpoint: str, target: str, payload: bytes, origin: str, seq: int
-) -> None:
-    envelope = Envelope(kind, opcode, endpoint, target, payload, origin, seq)
+@given(envelope=envelopes())
+def test_envelopes_round_trip(envelope: Envelope) -> None:
     encoded = envelope.encode()
-    assert encoded.endswith(payload)  # the payload travels as is, not re-encoded
+    assert encoded.endswith(envelope.payload)  # the payload travels as is, not re-encoded
     assert Envelope.decode(encoded) == envelope
 
 
-def test_undecodable_envelopes_are_refused() -> None:
+@QUICK
+@given(envelope=envelopes(), cut=st.integers(min_value=0), index=st.integers(), byte=st.binary())
+def test_damaged_envelopes_decode_or_raise_value_error_only(
+    envelope: Envelope, cut: int, index: int, byte: bytes
+) -> None:
+    data = bytearray(envelope.encode())
+    if data and byte:
+        data[index % len(data)] = byte[0]
+    try:
+        Envelope.decode(bytes(data[: len(data) - cut % (len(data) + 1)]))
+    except ValueError:
+        pass  # anything else would kill a listener
+
+
+def test_undecodable_envelopes_are_refused_with_what_is_wrong() -> None:
+    def encode(kind: Kind, opcode: int, payload: bytes) -> bytes:
+        return Envelope(kind, opcode, "/ws", "n.1", payload, "o", 1).encode()
+
     good = Envelope(Kind.BROADCAST, Opcode.TEXT, "/ws", "", b"hi", "o", 1).encode()
-    for bad in (b"", good[:5], good[:14], b"\x02" + good[1:], good[:3] + b"\x00" * 8 + b"\xff"):
-        with pytest.raises(ValueError):
+    for bad, what in [
+        (b"", "truncated"),
+        (good[:5], "truncated"),
+        (good[:14], "truncated"),
+        (good[:3] + b"\x00" * 8 + b"\xff", "truncated"),
+        (b"\x02" + good[1:], "version 2"),
+        (good[:1] + b"\x09" + good[2:], "unknown envelope kind 9"),
+        (good[:12] + b"\xff" + good[13:], "undecodable origin"),
+        (encode(Kind.BROADCAST, Opcode.TEXT, b"caf\xc3"), "invalid UTF-8 .* \\(byte 3\\)"),
+        (encode(Kind.SEND_TO, Opcode.PING, b""), "SEND_TO envelope with opcode 9"),
+        (encode(Kind.CLOSE, Opcode.TEXT, encode_close(1000)), "CLOSE envelope with opcode 1"),
+        (encode(Kind.CLOSE, Opcode.CLOSE, b""), "without a close code"),
+        (encode(Kind.CLOSE, Opcode.CLOSE, encode_close(1006)), "invalid close code 1006"),
+    ]:
+        with pytest.raises(ValueError, match=what):
             Envelope.decode(bad)
 
 
@@ -411,3 +456,156 @@ def test_redis_killed_mid_stream_the_gap_is_reported_and_delivery_resumes(
         assert stop_brokers[0].stats.publish_failed >= 1
     finally:
         redis.kill()
+
+
+def test_garbage_on_the_channels_is_dropped_and_delivery_goes_on(
+    serve: Serve, redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    import redis
+
+    ns = namespace()
+    first, second = (start_node(serve, redis_server.url, ns, stop_brokers) for _ in range(2))
+    (a, _), (b, b_id) = client(first), client(second)
+
+    def envelope(kind: Kind, opcode: int, target: str, payload: bytes) -> bytes:
+        return Envelope(kind, opcode, "/ws", target, payload, "garbage/1", 1).encode()
+
+    good = envelope(Kind.BROADCAST, Opcode.TEXT, "", b"fine")
+    garbage = [
+        b"",
+        good[:10],  # truncated in the header
+        good[:-5] + b"\xff\xff",  # the target's length runs past the end
+        b"\x02" + good[1:],  # another version
+        good[:1] + b"\x09" + good[2:],  # an unknown kind
+        envelope(Kind.BROADCAST, Opcode.TEXT, "", b"caf\xc3"),  # a text payload, cut UTF-8
+        envelope(Kind.SEND_TO, Opcode.TEXT, b_id, b"\xff\xfe"),
+        envelope(Kind.BROADCAST, Opcode.PING, "", b"ping"),  # not a message's opcode
+        envelope(Kind.CLOSE, Opcode.CLOSE, b_id, b"\x03\xed"),  # close code 1005
+        envelope(Kind.CLOSE, Opcode.CLOSE, b_id, b"\x0f"),  # a 1-byte close payload
+        bytes(range(256)),  # random-looking bytes
+    ]
+    publisher = redis.Redis.from_url(redis_server.url)
+    emitter = Emitter(redis_server.url, namespace=ns)
+    try:
+        with LogWatcher("dropped a malformed message") as log:
+            for channel in (f"{ns}:all", f"{ns}:node:{node_id()}"):
+                for data in garbage:
+                    assert publisher.publish(channel, data) == 2  # both nodes listen
+            # Still delivered across nodes, both ways, and nothing was closed.
+            command(a, all="from a")
+            assert [a.recv(), b.recv()] == ["from a"] * 2
+            command(b, all="from b")
+            assert [a.recv(), b.recv()] == ["from b"] * 2
+            # The node channel too (the nodes share this process's: one of them holds b).
+            emitter.send_to(b_id, "to b")
+            assert b.recv() == "to b"
+            assert log.seen.wait(WAIT), log.records
+    finally:
+        publisher.close()
+        emitter.disconnect()
+    # Rate-limited: one record per node, however many arrive at once.
+    assert len(log.records) == 2, log.records
+    for broker in stop_brokers:
+        assert broker.stats.malformed == 2 * len(garbage)
+        assert broker.stats.received >= 1
+
+
+class Queueing(Recorder):
+    """A Recorder whose messages can be waited for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: Queue[str | bytes] = Queue()
+
+    def send_outgoing(self, message: Outgoing) -> bool:
+        super().send_outgoing(message)
+        self.queue.put(self.messages[-1])
+        return True
+
+
+class Failing(Recorder):
+    """A Recorder with a bug."""
+
+    def send_outgoing(self, message: Outgoing) -> bool:
+        raise RuntimeError("a bug in a connection")
+
+
+def listening_broker(url: str, stop_brokers: list[RedisBroker]) -> tuple[RedisBroker, Queueing]:
+    """A subscribed RedisBroker with a Failing connection on ``/boom`` and a Queueing one
+    on ``/ws``."""
+    broker = RedisBroker(url, namespace=namespace())
+    stop_brokers.append(broker)
+    failing, _ = registry_of("/boom")
+    failing.add("n.1", Failing())  # type: ignore[arg-type]
+    broker.attach(failing)
+    working, _ = registry_of("/ws")
+    queueing = Queueing()
+    working.add("n.2", queueing)  # type: ignore[arg-type]
+    broker.attach(working)
+    broker.listen()
+    assert broker.wait_subscribed(WAIT)
+    return broker, queueing
+
+
+def test_an_error_handling_one_message_is_logged_and_the_next_ones_arrive(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, queueing = listening_broker(redis_server.url, stop_brokers)
+    emitter = Emitter(redis_server.url, namespace=broker.namespace)
+    try:
+        with caplog.at_level(logging.WARNING, logger="geo_ws"):
+            for n in range(3):
+                emitter.broadcast("/boom", f"lost {n}")
+                emitter.broadcast("/ws", f"kept {n}")
+            assert [queueing.queue.get(timeout=WAIT) for _ in range(3)] == [
+                "kept 0",
+                "kept 1",
+                "kept 2",
+            ]
+    finally:
+        emitter.disconnect()
+    failures = [record for record in caplog.records if "handling it failed" in record.message]
+    assert len(failures) == 1  # rate-limited
+    assert failures[0].exc_info is not None and "a bug in a connection" in caplog.text
+    assert broker.stats.received == 6 and broker.stats.disconnects == 0
+
+
+def test_a_bug_in_the_listener_is_logged_and_it_subscribes_again(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, queueing = listening_broker(redis_server.url, stop_brokers)
+    handle = broker._handle
+
+    def broken(channel: bytes, data: bytes) -> None:
+        broker._handle = handle  # type: ignore[method-assign]
+        raise RuntimeError("a bug in the listener")
+
+    broker._handle = broken  # type: ignore[method-assign]
+    reconnected = Event()
+    broker.on("broker_reconnect")(lambda downtime: reconnected.set())
+    emitter = Emitter(redis_server.url, namespace=broker.namespace)
+    try:
+        with caplog.at_level(logging.WARNING, logger="geo_ws"):
+            emitter.broadcast("/ws", "lost")
+            assert reconnected.wait(WAIT)
+            emitter.broadcast("/ws", "after")
+            assert queueing.queue.get(timeout=WAIT) == "after"
+    finally:
+        emitter.disconnect()
+    assert "the Redis listener failed" in caplog.text and "a bug in the listener" in caplog.text
+    assert broker.stats.disconnects == 1
+
+
+def test_a_rate_limited_log_says_how_many_records_it_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = _RateLimitedLog(logging.WARNING, interval=0.2)
+    with caplog.at_level(logging.WARNING, logger="geo_ws"):
+        for n in range(4):
+            log.log("record %d", n)
+        gevent.sleep(0.25)
+        log.log("record %d", 4)
+    assert [record.getMessage() for record in caplog.records] == [
+        "record 0",
+        "record 4 (and 3 more like it left out of the log)",
+    ]
