@@ -17,9 +17,10 @@ Channels, in a namespace ``NS`` (default ``geo_ws``):
   channels would race their SUBSCRIBE against the first publish, and lose messages
   in the meantime without anyone noticing).
 - ``NS:node:NODE`` carries ``send_to`` and ``close`` for the connections of one node
-  (ids are ``NODE.N``): one publish reaches the one process that holds the client.
+  (ids are ``NODE.TOKEN``): one publish reaches the one process that holds the client.
 
-An envelope is a small binary header and the raw payload (see :class:`Envelope`).
+An envelope is a small binary header and the raw payload (see
+:class:`~geo_ws.protocol.envelope.Envelope`).
 Every publisher numbers what it sends on each channel, so a receiver notices when
 Redis pub/sub, which is at-most-once, drops messages (a reconnect, a subscriber
 disconnected by ``client-output-buffer-limit``): it logs a warning, counts them in
@@ -32,13 +33,10 @@ theirs), no global order between senders, and no loss without a report.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import os
-import struct
 import time
-import uuid
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -49,10 +47,12 @@ import gevent
 from gevent import Greenlet
 from gevent.event import Event
 
-from ..exceptions import ProtocolError
-from ..io.connection import Connection, Outgoing
-from ..protocol.frames import EXTERNAL_CLOSE_CODES, BytesLike, Opcode, encode_close, parse_close
-from .registry import Registry, node_id, node_of
+from ..io.connection import Connection
+from ..protocol.envelope import Envelope, Kind, Sequencer, channel_all, channel_of, close_payload
+from ..protocol.frames import BytesLike, Opcode, parse_close
+from ..protocol.outgoing import Outgoing
+from .ids import node_id, node_of
+from .registry import Registry
 
 if TYPE_CHECKING:
     import redis
@@ -61,16 +61,10 @@ __all__ = [
     "BROKER_EVENTS",
     "Broker",
     "BrokerStats",
-    "Envelope",
     "Gap",
     "GapDetector",
-    "Kind",
     "MemoryBroker",
     "RedisBroker",
-    "Sequencer",
-    "channel_all",
-    "channel_of",
-    "close_payload",
     "flush_all",
     "get_broker",
 ]
@@ -82,165 +76,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 BROKER_EVENTS = ("broker_gap", "broker_disconnect", "broker_reconnect")
 """What :meth:`Broker.on` accepts: a gap (with a :class:`Gap`), a lost connection to the
 transport (with the exception), a restored one (with the seconds it was down)."""
-
-#: The envelope format this module writes; others are refused (counted as malformed).
-VERSION = 1
-
-# version, kind, opcode, sequence number, length of the origin.
-_HEADER = struct.Struct("!BBBQB")
-_LENGTH = struct.Struct("!H")
-
-
-def channel_all(namespace: str) -> str:
-    """The channel of broadcasts and room messages in ``namespace``."""
-    return f"{namespace}:all"
-
-
-def channel_of(namespace: str, node: str) -> str:
-    """The channel of ``send_to`` and ``close`` for the connections of ``node``."""
-    return f"{namespace}:node:{node}"
-
-
-def close_payload(code: int, reason: str = "") -> bytes:
-    """The payload of a :attr:`Kind.CLOSE` envelope: a Close frame's.
-
-    Raises:
-        ValueError: ``code`` may not be sent in a Close frame (checked before anything
-            leaves the process: the receiving node could not refuse it to anyone).
-    """
-    if code not in EXTERNAL_CLOSE_CODES:
-        raise ValueError(
-            f"close code {code} may not be sent: use 1000-1003, 1007-1014 or 3000-4999"
-        )
-    return encode_close(code, reason)
-
-
-class Kind(enum.IntEnum):
-    """What an envelope asks the receiving node to do."""
-
-    BROADCAST = 1
-    """Send to every connection of the endpoint."""
-    ROOM = 2
-    """Send to the members of a room (the target) of the endpoint."""
-    SEND_TO = 3
-    """Send to one connection (the target is its id)."""
-    CLOSE = 4
-    """Close one connection (the target is its id; the payload is a Close payload)."""
-
-
-_KINDS = frozenset(Kind)
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """One send on its way between processes.
-
-    On the wire: ``version, kind, opcode`` (one byte each), ``seq`` (8 bytes), the
-    origin (1-byte length + ASCII), the endpoint and the target (2-byte length +
-    UTF-8 each), then the payload as is: binary messages are not re-encoded.
-    """
-
-    kind: Kind
-    opcode: int
-    """:attr:`Opcode.TEXT` or :attr:`Opcode.BINARY` (:attr:`Opcode.CLOSE` for a close)."""
-    endpoint: str
-    """The endpoint's name across processes, its URL rule (``""``: any endpoint)."""
-    target: str
-    """The room or connection id (``""`` for a broadcast)."""
-    payload: bytes
-    origin: str = ""
-    """Who published it: one broker or emitter in one process."""
-    seq: int = 0
-    """The origin's number for this envelope on its channel, from 1 on."""
-
-    def encode(self) -> bytes:
-        """The bytes to publish.
-
-        Raises:
-            ValueError: the origin exceeds 255 bytes, the endpoint or target 65535.
-        """
-        origin = self.origin.encode("ascii")
-        endpoint = self.endpoint.encode()
-        target = self.target.encode()
-        if len(origin) > 255 or len(endpoint) > 0xFFFF or len(target) > 0xFFFF:
-            raise ValueError("envelope origin, endpoint or target too long")
-        return b"".join(
-            (
-                _HEADER.pack(VERSION, self.kind, self.opcode, self.seq, len(origin)),
-                origin,
-                _LENGTH.pack(len(endpoint)),
-                endpoint,
-                _LENGTH.pack(len(target)),
-                target,
-                self.payload,
-            )
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> Envelope:
-        """Parse published bytes, and check that they make sense for a receiving node.
-
-        Raises:
-            ValueError: saying what is wrong: truncated data, another version, an unknown
-                kind, or an opcode or payload that does not fit the kind (a text payload
-                that is not UTF-8, a close payload no Close frame may carry).
-        """
-        try:
-            version, kind, opcode, seq, size = _HEADER.unpack_from(data)
-            if version != VERSION:
-                raise ValueError(f"envelope version {version}, expected {VERSION}")
-            if kind not in _KINDS:
-                raise ValueError(f"unknown envelope kind {kind}")
-            offset = _HEADER.size
-            origin = data[offset : offset + size].decode("ascii")
-            offset += size
-            fields = []
-            for _ in range(2):
-                (size,) = _LENGTH.unpack_from(data, offset)
-                offset += _LENGTH.size
-                if offset + size > len(data):
-                    raise ValueError("truncated envelope")
-                fields.append(data[offset : offset + size].decode())
-                offset += size
-        except struct.error:
-            raise ValueError(f"truncated envelope ({len(data)} bytes)") from None
-        except UnicodeDecodeError as error:
-            raise ValueError(f"undecodable origin, endpoint or target: {error}") from None
-        envelope = cls(Kind(kind), opcode, fields[0], fields[1], data[offset:], origin, seq)
-        envelope._check_payload()
-        return envelope
-
-    def _check_payload(self) -> None:
-        """Refuse what a receiving node could not send or close with.
-
-        Raises:
-            ValueError: the opcode or payload does not fit the kind.
-        """
-        if self.kind is Kind.CLOSE:
-            if self.opcode != Opcode.CLOSE:
-                raise ValueError(f"a CLOSE envelope with opcode {self.opcode}")
-            if not self.payload:
-                raise ValueError("a CLOSE envelope without a close code")
-            try:
-                parse_close(self.payload)
-            except ProtocolError as error:
-                raise ValueError(f"a CLOSE envelope with a bad payload: {error}") from None
-        elif self.opcode == Opcode.TEXT:
-            try:
-                self.payload.decode()
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"a {self.kind.name} envelope with invalid UTF-8 in its text payload "
-                    f"(byte {error.start})"
-                ) from None
-        elif self.opcode != Opcode.BINARY:
-            raise ValueError(f"a {self.kind.name} envelope with opcode {self.opcode}")
-
-    def outgoing(self) -> Outgoing:
-        """The message to hand to local connections."""
-        if self.opcode == Opcode.TEXT:
-            return Outgoing(self.payload.decode())
-        return Outgoing(self.payload)
 
 
 @dataclass(frozen=True)
@@ -419,7 +254,8 @@ class Broker:
     # -- receiving -----------------------------------------------------------------------
 
     def receive(self, envelope: Envelope) -> int:
-        """Deliver an envelope from another process to this process's connections.
+        """Deliver an envelope from another process (as :meth:`Envelope.decode` returned
+        it) to this process's connections.
 
         Never blocks: connections queue what their sockets cannot take at once.
 
@@ -476,23 +312,6 @@ class MemoryBroker(Broker):
         if node is not None:
             logger.debug("send_to %s: held by another process, and no broker reaches it", target)
         return False
-
-
-class Sequencer:
-    """The numbers one publisher gives its envelopes: 1, 2, 3... on each channel."""
-
-    def __init__(self) -> None:
-        self.origin = f"{node_id()}/{uuid.uuid4().hex[:8]}"
-        """This publisher's name in envelopes."""
-        self._last: dict[str, int] = {}
-
-    def envelope(
-        self, channel: str, kind: Kind, endpoint: str, target: str, opcode: int, payload: Any
-    ) -> bytes:
-        """Number an envelope for ``channel`` and encode it."""
-        seq = self._last.get(channel, 0) + 1
-        self._last[channel] = seq
-        return Envelope(kind, opcode, endpoint, target, bytes(payload), self.origin, seq).encode()
 
 
 class GapDetector:
@@ -626,7 +445,7 @@ class RedisBroker(Broker):
         """Start afresh in this process (again after a fork: nothing is shared)."""
         self._pid = os.getpid()
         self.stats = BrokerStats()
-        self._sequencer = Sequencer()
+        self._sequencer = Sequencer(node_id())
         self._gaps = GapDetector()
         self._queue: deque[tuple[str, bytes]] = deque()
         self._queued = Event()

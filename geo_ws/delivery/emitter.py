@@ -12,8 +12,8 @@ write-only emitter does::
     emitter.send_to(connection_id, "just for you")
     emitter.close(connection_id, 1000, "bye")
 
-It needs neither gevent's monkey-patching nor an app: endpoints are named by their
-full URL rule (``/chat/ws`` for ``WebSocket(blueprint, "/ws")`` on a blueprint
+It needs neither gevent (it does not even import it) nor an app: endpoints are named
+by their full URL rule (``/chat/ws`` for ``WebSocket(blueprint, "/ws")`` on a blueprint
 mounted at ``/chat``), connections by their ids.
 """
 
@@ -22,10 +22,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..io.connection import Outgoing
+from ..protocol.envelope import Kind, Sequencer, channel_all, channel_of, close_payload
 from ..protocol.frames import BytesLike, Opcode
-from .broker import Kind, Sequencer, channel_all, channel_of, close_payload
-from .registry import node_of
+from ..protocol.outgoing import Outgoing
+from .ids import node_id, node_of
 
 __all__ = ["Emitter"]
 
@@ -48,7 +48,7 @@ class Emitter:
 
         self.namespace = namespace
         self._redis = redis.Redis.from_url(url, **redis_options)
-        self._sequencer = Sequencer()
+        self._sequencer = Sequencer(node_id())
         # One publish at a time: numbers must reach Redis in order.
         self._lock = threading.Lock()
 
@@ -104,5 +104,5 @@ class Emitter:
 def _node(connection_id: str) -> str:
     node = node_of(connection_id)
     if not node:
-        raise ValueError(f"{connection_id!r} is not a geo_ws connection id (NODE.N)")
+        raise ValueError(f"{connection_id!r} is not a geo_ws connection id (NODE.TOKEN)")
     return node

@@ -2,55 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
-import uuid
 from collections.abc import Iterator
 
-from ..io.connection import Connection, Outgoing
+from ..io.connection import Connection
+from ..protocol.outgoing import Outgoing
 
-__all__ = ["Registry", "new_id", "node_id", "node_of"]
+__all__ = ["Registry"]
 
 logger = logging.getLogger("geo_ws")
-
-_counter = itertools.count(1)
-_node = ""
-
-
-def node_id() -> str:
-    """This process's node: random, drawn again after a fork.
-
-    Workers forked from one master (gunicorn ``--preload`` included) each draw their
-    own, so an id says which process holds the connection.
-    """
-    global _node
-    if not _node:
-        _node = uuid.uuid4().hex[:16]
-    return _node
-
-
-def _forget_node() -> None:
-    global _node
-    _node = ""
-
-
-# Drawn again in a forked child; asking the pid at every handshake cost a system call.
-os.register_at_fork(after_in_child=_forget_node)
-
-
-def new_id() -> str:
-    """Return a connection id unique across processes and hosts: ``NODE.N``.
-
-    ``NODE`` is :func:`node_id`: it says which process holds the connection.
-    """
-    return f"{node_id()}.{next(_counter)}"
-
-
-def node_of(connection_id: str) -> str:
-    """The node part of a connection id (``""`` for an id not made by :func:`new_id`)."""
-    node, dot, _ = connection_id.rpartition(".")
-    return node if dot else ""
 
 
 class Registry:

@@ -43,7 +43,8 @@ from .._compat.flask import (
     push_without_matching,
 )
 from ..delivery.broker import Broker, get_broker
-from ..delivery.registry import Registry, new_id
+from ..delivery.ids import new_id
+from ..delivery.registry import Registry
 from ..exceptions import ConnectionClosed, HandshakeError
 from ..io.concurrency import run_coroutine
 from ..io.connection import Connection, Interrupted
@@ -609,7 +610,7 @@ class WebSocketConnector:
         direct: Rule | None = None,
     ) -> None:
         self.id = new_id()
-        """Unique id of this client (``NODE.N``: NODE says which process holds it)."""
+        """Unique id of this client (``NODE.TOKEN``: NODE says which process holds it)."""
         self.path_params = path_params
         """Values of the rule's converters (``/rooms/<room>`` -> ``{"room": ...}``)."""
         self.remote_addr: str | None = environ.get("REMOTE_ADDR")

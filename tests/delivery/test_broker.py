@@ -1,5 +1,6 @@
-"""Brokers (geo_ws.delivery.broker) and the Emitter: envelopes, gap detection, local-first
-delivery, and Redis pub/sub across nodes with a real redis-server, faults included."""
+"""Brokers (geo_ws.delivery.broker) and the Emitter: gap detection, local-first delivery,
+and Redis pub/sub across nodes with a real redis-server, faults included (envelopes:
+tests/protocol/test_envelope.py)."""
 
 from __future__ import annotations
 
@@ -14,26 +15,23 @@ import pytest
 from flask import Flask
 from gevent.event import Event
 from gevent.queue import Queue
-from hypothesis import given
-from hypothesis import strategies as st
 
 from geo_ws import Emitter
 from geo_ws.delivery.broker import (
-    Envelope,
     Gap,
     GapDetector,
-    Kind,
     MemoryBroker,
     RedisBroker,
-    Sequencer,
     _RateLimitedLog,
     get_broker,
 )
-from geo_ws.delivery.registry import Registry, new_id, node_id
+from geo_ws.delivery.ids import new_id, node_id
+from geo_ws.delivery.registry import Registry
 from geo_ws.flask.endpoint import WebSocket
-from geo_ws.io.connection import Outgoing
-from geo_ws.protocol.frames import EXTERNAL_CLOSE_CODES, Opcode, encode_close
-from tests.helpers import QUICK, WAIT, RawClient
+from geo_ws.protocol.envelope import Envelope, Kind
+from geo_ws.protocol.frames import Opcode, encode_close
+from geo_ws.protocol.outgoing import Outgoing
+from tests.helpers import WAIT, RawClient
 from tests.live_apps.cluster import create_app
 from tests.live_apps.redis_server import RedisServer, free_port, namespace, redis_server
 
@@ -42,86 +40,7 @@ __all__ = ["redis_server"]  # the fixture, imported for pytest
 Serve = Callable[[Any], str]  # the serve fixture of conftest.py
 
 
-# -- envelopes, numbering, gaps (no I/O) --------------------------------------------------
-
-
-@st.composite
-def envelopes(draw: st.DrawFn) -> Envelope:
-    """Any envelope a broker or an emitter may publish."""
-    kind = draw(st.sampled_from(Kind))
-    opcode = draw(st.sampled_from([Opcode.TEXT, Opcode.BINARY]))
-    if kind is Kind.CLOSE:
-        opcode = Opcode.CLOSE
-        code = draw(st.sampled_from(sorted(EXTERNAL_CLOSE_CODES)))
-        payload = encode_close(code, draw(st.text(max_size=20)))
-    elif opcode == Opcode.TEXT:
-        payload = draw(st.text(max_size=100)).encode()
-    else:
-        payload = draw(st.binary(max_size=300))
-    return Envelope(
-        kind,
-        opcode,
-        draw(st.text(max_size=50)),
-        draw(st.text(max_size=50)),
-        payload,
-        draw(st.text(alphabet="0123456789abcdef/", max_size=40)),
-        draw(st.integers(min_value=0, max_value=2**64 - 1)),
-    )
-
-
-@QUICK
-@given(envelope=envelopes())
-def test_envelopes_round_trip(envelope: Envelope) -> None:
-    encoded = envelope.encode()
-    assert encoded.endswith(envelope.payload)  # the payload travels as is, not re-encoded
-    assert Envelope.decode(encoded) == envelope
-
-
-@QUICK
-@given(envelope=envelopes(), cut=st.integers(min_value=0), index=st.integers(), byte=st.binary())
-def test_damaged_envelopes_decode_or_raise_value_error_only(
-    envelope: Envelope, cut: int, index: int, byte: bytes
-) -> None:
-    data = bytearray(envelope.encode())
-    if data and byte:
-        data[index % len(data)] = byte[0]
-    try:
-        Envelope.decode(bytes(data[: len(data) - cut % (len(data) + 1)]))
-    except ValueError:
-        pass  # anything else would kill a listener
-
-
-def test_undecodable_envelopes_are_refused_with_what_is_wrong() -> None:
-    def encode(kind: Kind, opcode: int, payload: bytes) -> bytes:
-        return Envelope(kind, opcode, "/ws", "n.1", payload, "o", 1).encode()
-
-    good = Envelope(Kind.BROADCAST, Opcode.TEXT, "/ws", "", b"hi", "o", 1).encode()
-    for bad, what in [
-        (b"", "truncated"),
-        (good[:5], "truncated"),
-        (good[:14], "truncated"),
-        (good[:3] + b"\x00" * 8 + b"\xff", "truncated"),
-        (b"\x02" + good[1:], "version 2"),
-        (good[:1] + b"\x09" + good[2:], "unknown envelope kind 9"),
-        (good[:12] + b"\xff" + good[13:], "undecodable origin"),
-        (encode(Kind.BROADCAST, Opcode.TEXT, b"caf\xc3"), "invalid UTF-8 .* \\(byte 3\\)"),
-        (encode(Kind.SEND_TO, Opcode.PING, b""), "SEND_TO envelope with opcode 9"),
-        (encode(Kind.CLOSE, Opcode.TEXT, encode_close(1000)), "CLOSE envelope with opcode 1"),
-        (encode(Kind.CLOSE, Opcode.CLOSE, b""), "without a close code"),
-        (encode(Kind.CLOSE, Opcode.CLOSE, encode_close(1006)), "invalid close code 1006"),
-    ]:
-        with pytest.raises(ValueError, match=what):
-            Envelope.decode(bad)
-
-
-def test_a_sequencer_numbers_each_channel_from_one() -> None:
-    sequencer = Sequencer()
-    assert sequencer.origin.startswith(node_id() + "/")
-    numbers = [
-        Envelope.decode(sequencer.envelope(channel, Kind.BROADCAST, "/ws", "", 1, b"")).seq
-        for channel in ("all", "all", "node:x", "all", "node:x")
-    ]
-    assert numbers == [1, 2, 1, 3, 2]
+# -- gaps, local delivery (no I/O) ------------------------------------------------------
 
 
 def test_the_gap_detector_reports_holes_and_drops_repeats() -> None:

@@ -1,31 +1,12 @@
-"""Connection ids and the per-endpoint registry (geo_ws.delivery.registry)."""
+"""The per-endpoint registry (geo_ws.delivery.registry)."""
 
 from __future__ import annotations
 
-import os
 import socket
 
-from geo_ws.delivery.registry import Registry, new_id, node_id, node_of
-from geo_ws.io.connection import Connection, Outgoing
-
-
-def test_ids_are_unique_and_name_their_process() -> None:
-    ids = {new_id() for _ in range(1000)}
-    assert len(ids) == 1000
-    assert len({connection_id.split(".")[0] for connection_id in ids}) == 1
-
-
-def test_a_forked_process_draws_its_own_node() -> None:
-    parent = new_id().split(".")[0]
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child reports its node and leaves at once
-        os.write(write, new_id().split(".")[0].encode())
-        os._exit(0)
-    os.close(write)
-    child = os.read(read, 100).decode()
-    os.waitpid(pid, 0)
-    assert child and child != parent
+from geo_ws.delivery.registry import Registry
+from geo_ws.io.connection import Connection
+from geo_ws.protocol.outgoing import Outgoing
 
 
 class Recorder:
@@ -63,12 +44,6 @@ def test_send_to_and_remove() -> None:
     assert registry.get("n.1") is None
     connection.abort()
     client.close()
-
-
-def test_node_of_reads_the_process_part_of_an_id() -> None:
-    connection_id = new_id()
-    assert node_of(connection_id) == node_id() == connection_id.split(".")[0]
-    assert node_of("no-dot") == ""
 
 
 def test_rooms_group_connections_and_forget_them_when_they_leave() -> None:

@@ -11,9 +11,10 @@ import pytest
 from gevent.event import AsyncResult
 
 from geo_ws.exceptions import ConnectionClosed
-from geo_ws.io.connection import Connection, Interrupted, Outgoing
+from geo_ws.io.connection import Connection, Interrupted
 from geo_ws.protocol.frames import Opcode, encode_close, encode_frame
 from geo_ws.protocol.machine import Close, Event, Message, Pong, Protocol
+from geo_ws.protocol.outgoing import Outgoing
 
 from ..helpers import WAIT
 

@@ -17,7 +17,7 @@ import gevent
 import pytest
 
 from geo_ws import Emitter
-from geo_ws.delivery.registry import node_of
+from geo_ws.delivery.ids import node_of
 from tests.helpers import WAIT, RawClient, close_clients
 from tests.live_apps.process import SERVING, START_TIMEOUT, ServerProcess
 from tests.live_apps.redis_server import RedisServer, redis_server
