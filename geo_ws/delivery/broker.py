@@ -47,6 +47,7 @@ import gevent
 from gevent import Greenlet
 from gevent.event import Event
 
+from ..io.backoff import Backoff
 from ..io.connection import Connection
 from ..protocol.envelope import Envelope, Kind, Sequencer, channel_all, channel_of, close_payload
 from ..protocol.frames import BytesLike, Opcode, parse_close
@@ -347,23 +348,6 @@ class GapDetector:
         return Gap(origin, channel, last + 1, seq - 1)
 
 
-class _Backoff:
-    """Delays between reconnection attempts: 0.1 s doubling up to 5 s."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first = first
-        self.cap = cap
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, delay * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
 class _RateLimitedLog:
     """A log record that may recur with every message: at most one per ``interval``
     seconds, the next one saying how many were left out, so that garbage published on
@@ -401,7 +385,9 @@ class RedisBroker(Broker):
     connection publishes, from one greenlet, in order; a dedicated one subscribes
     (without a socket timeout, with a ping every ``health_check_interval`` seconds
     when idle), from a listener greenlet that only queues messages on connections.
-    Both reconnect by themselves with a backoff from 0.1 s to 5 s, reset on success.
+    Both reconnect by themselves, with a backoff from 0.1 s doubling to 5 s, reset on
+    success, and full jitter (each delay drawn below that), so that the workers of a
+    cluster do not all come back at the same moments after a Redis restart.
     While Redis is unreachable local delivery goes on; the messages for other
     processes that could not be published are counted and logged, and so are the
     ones other processes miss (see :class:`Gap`). What is published on the channels but
@@ -513,7 +499,7 @@ class RedisBroker(Broker):
         client = self._client(1, socket_timeout=5.0, socket_connect_timeout=2.0)
         from redis import RedisError
 
-        backoff = _Backoff()
+        backoff = Backoff()
         down_since: float | None = None
         lost = 0
         queue = self._queue
@@ -579,7 +565,7 @@ class RedisBroker(Broker):
 
         client = self._client(0, socket_timeout=None, socket_connect_timeout=2.0)
         channels = (self.channel_all, self.channel_of(node_id()))
-        backoff = _Backoff()
+        backoff = Backoff()
         down_since: float | None = None
         loop = gevent.get_hub().loop
         while True:
