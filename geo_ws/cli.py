@@ -1,5 +1,5 @@
 """The ``geo-ws`` command: ``geo-ws run module:app [--host H] [--port P]``, and
-``geo-ws load URL ...`` (load tests: see :mod:`geo_ws.load.tool`).
+``geo-ws load URL ...`` (load tests: see :mod:`geo_ws.load`).
 
 The process is monkey-patched before the app is imported, so the app's blocking
 calls (sockets, ``time.sleep``, database drivers) cooperate with gevent.
@@ -15,7 +15,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
-from .load import tool as load  # noqa: E402
+from .load import command as load  # noqa: E402
 from .server.builtin import run  # noqa: E402
 
 __all__ = ["load_app", "main"]

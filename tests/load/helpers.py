@@ -1,0 +1,63 @@
+"""What the load tool's tests share: an app with their endpoints, an in-process run that
+returns every figure, and ``python -m geo_ws load`` as a bounded subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from flask import Flask
+from gevent.event import Event
+
+from geo_ws import WebSocket
+from geo_ws.load.options import LoadOptions
+from geo_ws.load.report import summarize
+from geo_ws.load.runner import run
+from tests.live_apps.process import run_python
+
+#: The time limit of one ``geo-ws load`` subprocess.
+PROCESS_TIMEOUT = 30.0
+
+
+class App:
+    """A Flask app with the endpoints of these tests, and what they saw."""
+
+    def __init__(self) -> None:
+        self.flask = Flask(__name__)
+        self.echoed = 0
+        self.busy = Event()  # set once /echo has echoed 200 messages
+        echo = WebSocket(self.flask, "/echo", max_message_size=2**25)
+
+        @echo.on("message")
+        def on_echo(msg: str | bytes) -> str | bytes:
+            self.echoed += 1
+            if self.echoed >= 200:
+                self.busy.set()
+            return msg
+
+        wrong = WebSocket(self.flask, "/wrong")
+
+        @wrong.on("message")
+        def on_wrong(msg: str) -> str:
+            return msg + "!"
+
+        room = WebSocket(self.flask, "/broadcast")
+
+        @room.on("message")
+        def on_broadcast(ws: Any, msg: str) -> None:
+            ws.sync_broadcast(msg)
+
+
+def figures(options: LoadOptions, **changes: Any) -> dict[str, Any]:
+    """Run ``options`` in this process and return every figure, as ``--json`` writes them."""
+    for name, value in changes.items():
+        setattr(options, name, value)
+    summary = summarize(options, [run(options)])
+    json.dumps(summary)  # everything must be JSON
+    return summary
+
+
+def geo_ws_load(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m geo_ws load ARGS`` to completion (bounded)."""
+    return run_python("-m", "geo_ws", "load", *args, timeout=PROCESS_TIMEOUT)

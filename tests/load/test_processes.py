@@ -1,0 +1,22 @@
+"""``--processes``: workers split the connections and their parts merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .helpers import App, geo_ws_load
+
+
+def test_processes_split_the_work_and_merge(address: str, app: App, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    result = geo_ws_load(
+        f"ws://{address}/echo", "-c", "4", "-n", "400", "--processes", "2", "--json", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())
+    assert summary["processes"] == 2
+    assert len(summary["tool_cpu"]["percent_of_one_core"]) == 2
+    assert summary["steps"]["echo"]["count"] == app.echoed == 400
+    assert summary["connections"]["opened"] == 4
+    assert "processes 2" in result.stdout
