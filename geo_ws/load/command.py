@@ -31,6 +31,7 @@ DESCRIPTION = """Load-test a WebSocket endpoint.
 
 scenarios (--scenario):
   echo        C connections in closed loops; every echo checked byte for byte
+              (a user stops at its first mismatch)
   broadcast   C receivers and a sender; deliveries, missing, duplicated,
               latency from the send to the last receiver
   connect     opening and closing handshakes, C in flight

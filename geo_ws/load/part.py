@@ -24,6 +24,7 @@ class Part:
         tick_cpu: this process's CPU seconds since the measurement started, at each tick.
         errors: errors by kind (``refused``, ``timeout``, ``closed 1011``, ``mismatch``...).
         counters: the scenario's own figures (deliveries, missing, survived...).
+        notes: what the report must tell (why ``echo``'s users stopped...), in order.
         opened: connections opened.
         duration: seconds measured (after the warm-up).
         cpu: CPU seconds (user + system) this process used while measuring.
@@ -38,6 +39,7 @@ class Part:
     tick_cpu: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     counters: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
     opened: int = 0
     duration: float = 0.0
     cpu: float = 0.0
@@ -85,6 +87,7 @@ def merge(parts: Sequence[Part]) -> Part:
     for part in parts:
         merged.errors.update(part.errors)
         merged.counters.update(part.counters)
+        merged.notes += [note for note in part.notes if note not in merged.notes]
         merged.opened += part.opened
         merged.cpu += part.cpu
         merged.interrupted |= part.interrupted

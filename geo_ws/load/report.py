@@ -125,6 +125,7 @@ def summarize(
         },
         "steps": steps,
         "errors": {"total": errors_total, "by_kind": dict(part.errors.most_common())},
+        "notes": list(part.notes),
         "scenario_figures": counters,
         "timeline": _timeline(part),
         "tool_cpu": {
@@ -224,19 +225,11 @@ def format_report(summary: dict[str, Any]) -> str:
         + ("   INTERRUPTED" if summary["interrupted"] else ""),
         "",
     ]
-    columns = ["p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms"]
-    header = f"{'step':<16}{'count':>11}{'/s':>12}" + "".join(
-        f"{name[:-3].replace('_', '.') + ' ms':>11}" for name in columns
-    )
-    lines.append(header)
-    for name, figures in summary["steps"].items():
-        marker = "*" if name == summary["main_step"] else " "
-        row = f"{marker}{name:<15}{figures['count']:>11,}{figures['rate_per_s']:>12,.1f}"
-        row += "".join(f"{format_number(figures[c]):>11}" for c in columns)
-        lines.append(row)
+    lines += _steps_table(summary)
     errors = summary["errors"]
     kinds = ", ".join(f"{kind} {count}" for kind, count in errors["by_kind"].items())
     lines += ["", f"errors: {errors['total']}" + (f"  ({kinds})" if kinds else "")]
+    lines += [f"note: {note}" for note in summary["notes"]]
     if summary["scenario_figures"]:
         figures = "  ".join(f"{k} {v:,}" for k, v in summary["scenario_figures"].items())
         lines.append(f"{summary['scenario']}: {figures}")
@@ -247,6 +240,39 @@ def format_report(summary: dict[str, Any]) -> str:
         verdict = "ok" if check["ok"] else "FAILED"
         lines.append(f"SLO {check['check']} <= {check['limit']}: {check['value']} {verdict}")
     return "\n".join(lines)
+
+
+#: The latency columns of the report's table.
+TABLE_LATENCIES = ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")
+#: The narrowest each column of the table may be: step, count, rate, latencies.
+TABLE_WIDTHS = (16, 11, 12, *[11] * len(TABLE_LATENCIES))
+#: Spaces between two columns at least, whatever their figures.
+TABLE_GAP = 2
+
+
+def _steps_table(summary: dict[str, Any]) -> list[str]:
+    """The table of steps: the step's name left-aligned, figures right-aligned, every
+    column as wide as its widest cell needs (and at least as in :data:`TABLE_WIDTHS`)."""
+    rows = [["step", "count", "/s", *(n[:-3].replace("_", ".") + " ms" for n in TABLE_LATENCIES)]]
+    for name, figures in summary["steps"].items():
+        marker = "*" if name == summary["main_step"] else " "
+        rows.append(
+            [
+                marker + name,
+                f"{figures['count']:,}",
+                f"{figures['rate_per_s']:,.1f}",
+                *(format_number(figures[column]) for column in TABLE_LATENCIES),
+            ]
+        )
+    widths = [
+        max(narrowest, TABLE_GAP + max(len(row[i]) for row in rows))
+        for i, narrowest in enumerate(TABLE_WIDTHS)
+    ]
+    return [
+        row[0].ljust(widths[0])
+        + "".join(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))
+        for row in rows
+    ]
 
 
 def cpu_warning(summary: dict[str, Any]) -> str | None:

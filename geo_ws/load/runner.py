@@ -144,6 +144,11 @@ class Runner:
         if not self._closing:
             self.part.errors[exc if isinstance(exc, str) else error_kind(exc)] += 1
 
+    def note(self, text: str) -> None:
+        """Tell the user ``text`` in the report (once, however often it is noted)."""
+        if text not in self.part.notes:
+            self.part.notes.append(text)
+
     def take(self) -> bool:
         """Take one from the ``-n`` budget; False (and the run stops) once it is spent."""
         if self.remaining is None:

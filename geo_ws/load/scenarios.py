@@ -59,11 +59,16 @@ SCENARIOS = ("echo", "broadcast", "connect", "idle")
 """The built-in scenarios; anything ending in ``.py`` is a scenario script."""
 
 
-def _payload(options: LoadOptions) -> str | bytes:
-    """The message of ``echo``: ``size`` bytes of text, or random bytes with ``--binary``."""
+def _payload(options: LoadOptions, index: int) -> str | bytes:
+    """User ``index``'s message in ``echo``: ``size`` bytes of text that start with the
+    user's number, or random bytes with ``--binary``.
+
+    Each user's differs, so that a message the endpoint sends every client (a broadcast)
+    is not taken for another user's echo.
+    """
     if options.binary:
         return os.urandom(options.size)
-    return ("0123456789abcdef" * (options.size // 16 + 1))[: options.size]
+    return (f"{index} " + "0123456789abcdef" * (options.size // 16 + 1))[: options.size]
 
 
 class _Backoff:
@@ -81,10 +86,40 @@ class _Backoff:
 
 
 def echo(runner: Runner) -> None:
-    """C connections in closed loops; every echo checked; step ``echo`` is a round trip."""
+    """C connections in closed loops; every echo checked; step ``echo`` is a round trip.
+
+    A user stops at its first mismatch: the endpoint does not echo, and sending on would
+    only flood it. The report says so, and the run ends once every user has stopped.
+    """
     runner.main_step = "echo"
-    payload = _payload(runner.options)
-    runner.spawn_users(runner.options.connections, partial(_echo_user, runner, payload))
+    mismatches = _Mismatches(runner)
+    runner.spawn_users(runner.options.connections, partial(_echo_user, runner, mismatches))
+
+
+class _Mismatches:
+    """The users of ``echo`` that stopped at a mismatch."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.users = 0
+
+    def stopped(self, mismatch: Mismatch) -> None:
+        """Count a user's mismatch; explain the first one; stop the run after the last user."""
+        runner = self.runner
+        runner.fail(mismatch)
+        if not self.users:
+            runner.note(
+                f"{runner.options.url} does not echo: it {mismatch}; "
+                "each echo user stops at its first mismatch"
+            )
+        self.users += 1
+        if self.users >= runner.options.connections:
+            runner.stop()
+
+
+def _excerpt(message: str | bytes) -> str:
+    """A message as the report quotes it: its ``repr``, cut after 60 characters."""
+    return repr(message[:60]) + ("..." if len(message) > 60 else "")
 
 
 class _EchoLoop:
@@ -121,11 +156,17 @@ class _EchoLoop:
             self.end(exc)
 
     def on_message(self, message: str | bytes) -> None:
-        self.append(clock() - self.sent_at)
-        self.in_flight = False
-        if message != self.payload:
-            self.runner.part.errors["mismatch"] += 1  # even after the end: a wrong echo
-        self.next()
+        if self.in_flight and message == self.payload:
+            self.append(clock() - self.sent_at)
+            self.in_flight = False
+            self.next()
+        elif not self.done.is_set():
+            if self.in_flight:
+                wrong = f"answered {_excerpt(self.payload)} with {_excerpt(message)}"
+            else:
+                wrong = f"sent {_excerpt(message)} before it was sent anything"
+            self.in_flight = False
+            self.end(Mismatch(wrong))
 
     def on_closed(self) -> None:
         conn = self.conn
@@ -137,7 +178,8 @@ class _EchoLoop:
             self.done.set()
 
 
-def _echo_user(runner: Runner, payload: str | bytes, index: int) -> None:
+def _echo_user(runner: Runner, mismatches: _Mismatches, index: int) -> None:
+    payload = _payload(runner.options, index)
     timeout = runner.options.timeout
     backoff = _Backoff()
     while runner.active:
@@ -156,6 +198,9 @@ def _echo_user(runner: Runner, payload: str | bytes, index: int) -> None:
                     loop.end(TimeoutError("no echo within the timeout"))
             if loop.failure is None:
                 backoff.succeeded()
+            elif isinstance(loop.failure, Mismatch):
+                mismatches.stopped(loop.failure)
+                return
             else:
                 runner.fail(loop.failure)
                 runner.sleep(backoff.failed())

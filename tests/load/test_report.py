@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from geo_ws.load.options import LoadOptions
 from geo_ws.load.part import Part
-from geo_ws.load.report import cpu_warning, percentile, summarize
+from geo_ws.load.report import cpu_warning, format_report, percentile, summarize
 
 
 def test_percentiles_are_exact() -> None:
@@ -48,3 +50,19 @@ def test_cpu_warning_above_90_percent() -> None:
     assert warning is not None and "--processes" in warning
     part.cpu = 0.5
     assert cpu_warning(summarize(LoadOptions("ws://x/"), [part])) is None
+
+
+def test_table_columns_stay_apart_whatever_their_width() -> None:
+    part = Part(tick_times=[1.0], tick_errors=[0], tick_connections=[1], tick_cpu=[0.1])
+    part.step("echo").extend([4.0098674, 4836.852911])  # seconds: 4,009.867 and 4,836,852.911 ms
+    part.step("a_step_with_a_long_name").append(0.001)
+    part.marks = {"echo": [2], "a_step_with_a_long_name": [1]}
+    part.duration = 1.0
+    header, *rows = format_report(summarize(LoadOptions("ws://x/"), [part])).splitlines()[3:6]
+    assert "4,009.867  4,836,852.911" in rows[1]
+    # Every column right-aligned on the header's title, at least two spaces after the one before.
+    ends = [match.end() for match in re.finditer(r"\S+( ms)?", header)][1:]
+    for row in rows:
+        cells = re.split(r"  +", row.strip())
+        assert len(cells) == 8, row
+        assert [match.end() for match in re.finditer(r"\S+", row)][1:] == ends, row

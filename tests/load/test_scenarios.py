@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import gevent
+from flask import Flask
 
+import examples.chat  # monkey-patches at import: harmless, conftest.py did it already
 from geo_ws.load.options import LoadOptions
 from geo_ws.load.report import summarize
 from geo_ws.load.runner import Runner, run
@@ -23,10 +27,38 @@ def test_echo_of_messages_larger_than_the_send_buffer(address: str, app: App) ->
     assert summary["errors"]["total"] == 0
 
 
-def test_echo_mismatches_are_errors(address: str) -> None:
-    summary = figures(LoadOptions(f"ws://{address}/wrong", connections=2, messages=40))
-    assert summary["errors"]["by_kind"] == {"mismatch": 40}
-    assert summary["exit_status"] == 0  # no SLO asked
+def test_echo_users_stop_at_their_first_mismatch(address: str) -> None:
+    summary = figures(LoadOptions(f"ws://{address}/wrong", connections=2, duration=10))
+    assert summary["errors"]["by_kind"] == {"mismatch": 2}  # one per user, no flood
+    assert summary["steps"]["echo"]["count"] == 0  # a mismatch is no latency sample
+    assert summary["duration_s"] < 5  # the run ends once every user has stopped
+    assert summary["exit_status"] == 1  # nothing succeeded
+    # Each user's message starts with its number: one user's echo is not another's.
+    [note] = summary["notes"]
+    assert re.fullmatch(
+        f"ws://{address}/wrong does not echo: it answered '([01]) 0123456789abcdef0123456789abcd'"
+        r" with '\1 0123456789abcdef0123456789abcd!'; each echo user stops at its first mismatch",
+        note,
+    ), note
+
+
+def test_echo_against_a_chat_room_that_broadcasts(serve: Callable[[Flask], str]) -> None:
+    # examples/chat.py sends every client's message, wrapped in JSON, to every client.
+    address = serve(examples.chat.app)
+    summary = figures(LoadOptions(f"ws://{address}/chat/ws", connections=5, duration=10))
+    echo = summary["steps"]["echo"]
+    assert echo["count"] == 0 and echo["max_ms"] is None
+    assert summary["errors"]["by_kind"] == {"mismatch": 5}
+    assert summary["duration_s"] < 5
+    assert summary["exit_status"] == 1
+    assert summary["notes"][0].startswith(f"ws://{address}/chat/ws does not echo: it ")
+
+
+def test_echo_users_do_not_take_each_other_s_messages_for_echoes(address: str) -> None:
+    # /broadcast sends each message to every client: the others' are not the user's echo.
+    summary = figures(LoadOptions(f"ws://{address}/broadcast", connections=3, duration=10))
+    assert summary["errors"]["by_kind"] == {"mismatch": 3}
+    assert summary["duration_s"] < 5
 
 
 def test_broadcast_counts_every_delivery(address: str) -> None:
