@@ -183,6 +183,7 @@ def _slo(options: LoadOptions, summary: dict[str, Any]) -> dict[str, Any]:
                 "value": value,
                 # A step that never succeeded cannot meet its latency objective.
                 "ok": value is not None and value <= limit,
+                "note": None if value is not None else _no_latency(summary, name),
             }
         )
     if options.max_errors is not None:
@@ -193,9 +194,18 @@ def _slo(options: LoadOptions, summary: dict[str, Any]) -> dict[str, Any]:
                 "limit": options.max_errors,
                 "value": total,
                 "ok": total <= options.max_errors,
+                "note": None,
             }
         )
     return {"checks": checks, "ok": all(check["ok"] for check in checks)}
+
+
+def _no_latency(summary: dict[str, Any], step: str) -> str:
+    """Why ``step`` has no latency: it never ran, or it ran and never succeeded."""
+    failed = any(kind.startswith(f"{step}: ") for kind in summary["errors"]["by_kind"])
+    if step in summary["steps"] or failed:
+        return f"no {step} step succeeded (no latency to check)"
+    return f"step {step} never ran (no latency to check)"
 
 
 def _exit_status(summary: dict[str, Any]) -> int:
@@ -238,7 +248,8 @@ def format_report(summary: dict[str, Any]) -> str:
     lines.append(f"tool CPU: {shares} of one core ({cpu['seconds']:.2f} s)")
     for check in summary["slo"]["checks"]:
         verdict = "ok" if check["ok"] else "FAILED"
-        lines.append(f"SLO {check['check']} <= {check['limit']}: {check['value']} {verdict}")
+        result = f"{verdict}: {check['note']}" if check["note"] else f"{check['value']} {verdict}"
+        lines.append(f"SLO {check['check']} <= {check['limit']}: {result}")
     return "\n".join(lines)
 
 

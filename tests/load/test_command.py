@@ -55,7 +55,7 @@ def test_command_exits_1_when_an_slo_is_missed(address: str) -> None:
     )
     assert result.returncode == 1, result.stderr
     assert "SLO errors <= 1: 2 FAILED" in result.stdout  # each user stopped at its mismatch
-    assert "SLO p99 of echo (ms) <= 1e-06" in result.stdout
+    assert "SLO p99 of echo (ms) <= 1e-06: FAILED: no echo step succeeded" in result.stdout
 
 
 def test_ctrl_c_stops_cleanly_and_reports(address: str, app: App, tmp_path: Path) -> None:

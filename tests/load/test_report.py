@@ -37,10 +37,24 @@ def test_slo_checks_both_ways() -> None:
         summary = summarize(strict, [part])
         assert summary["slo"]["ok"] is False
         assert summary["exit_status"] == 1
-    # A step that never ran cannot meet its objective.
-    missing = summarize(LoadOptions("ws://x/", max_p99={"login": 100.0}), [part])
-    assert missing["slo"]["checks"][0]["value"] is None
-    assert missing["exit_status"] == 1
+
+
+def test_slo_of_a_step_without_latencies_fails_and_says_why() -> None:
+    part = Part(tick_times=[1.0], tick_errors=[3], tick_connections=[1], tick_cpu=[0.1])
+    part.step("user")  # every iteration failed: in its payment step
+    part.marks["user"] = [0]
+    part.errors["payment: timeout"] = 3
+    part.counters["main_step:user"] = 1  # as run() records it
+    part.duration = 1.0
+    options = LoadOptions("ws://x/", max_p99={"login": 50.0, "payment": 50.0, None: 50.0})
+    summary = summarize(options, [part])
+    assert [check["value"] for check in summary["slo"]["checks"]] == [None, None, None]
+    assert summary["slo"]["ok"] is False and summary["exit_status"] == 1
+    assert format_report(summary).splitlines()[-3:] == [
+        "SLO p99 of login (ms) <= 50.0: FAILED: step login never ran (no latency to check)",
+        "SLO p99 of payment (ms) <= 50.0: FAILED: no payment step succeeded (no latency to check)",
+        "SLO p99 of user (ms) <= 50.0: FAILED: no user step succeeded (no latency to check)",
+    ]
 
 
 def test_cpu_warning_above_90_percent() -> None:
