@@ -60,15 +60,15 @@ SCENARIOS = ("echo", "broadcast", "connect", "idle")
 
 
 def _payload(options: LoadOptions, index: int) -> str | bytes:
-    """User ``index``'s message in ``echo``: ``size`` bytes of text that start with the
-    user's number, or random bytes with ``--binary``.
+    """User ``index``'s message in ``echo``: ``size`` bytes of text, the user's number then
+    random hex digits, or random bytes with ``--binary``.
 
-    Each user's differs, so that a message the endpoint sends every client (a broadcast)
-    is not taken for another user's echo.
+    Each user's differs (in other worker processes too), so that a message the endpoint
+    sends every client (a broadcast) is not taken for another user's echo.
     """
     if options.binary:
         return os.urandom(options.size)
-    return (f"{index} " + "0123456789abcdef" * (options.size // 16 + 1))[: options.size]
+    return (f"{index} " + os.urandom(options.size // 2 + 1).hex())[: options.size]
 
 
 class _Backoff:

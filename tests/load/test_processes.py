@@ -20,3 +20,17 @@ def test_processes_split_the_work_and_merge(address: str, app: App, tmp_path: Pa
     assert summary["steps"]["echo"]["count"] == app.echoed == 400
     assert summary["connections"]["opened"] == 4
     assert "processes 2" in result.stdout
+
+
+def test_echo_users_of_different_workers_send_different_messages(
+    address: str, tmp_path: Path
+) -> None:
+    # /broadcast sends each message to every client: another worker's user 0 is not an echo.
+    out = tmp_path / "out.json"
+    result = geo_ws_load(
+        f"ws://{address}/broadcast", "-c", "2", "--processes", "2", "-d", "10", "--json", str(out)
+    )
+    summary = json.loads(out.read_text())
+    assert summary["errors"]["by_kind"] == {"mismatch": 2}, result.stdout
+    assert len(summary["notes"]) == 2  # one per worker
+    assert summary["duration_s"] < 5
