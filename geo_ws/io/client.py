@@ -572,7 +572,7 @@ class ClientConnection:
         The callbacks run in gevent's hub (no greenlet switch per message, which is what
         ``geo-ws load``'s ``echo`` saves): they must not block, but they may :meth:`send`.
         Pings are answered as usual; ``on_closed()`` runs once the connection is over.
-        Used by :mod:`geo_ws.load.tool`; not part of the client's API.
+        Used by :mod:`geo_ws.load.scenarios`; not part of the client's API.
 
         Raises:
             InvalidState: a greenlet is already reading.

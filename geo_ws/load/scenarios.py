@@ -38,6 +38,7 @@ import gevent
 from gevent.event import Event
 
 from ..exceptions import ConnectionClosed
+from ..io.backoff import Backoff
 from ..io.client import ClientConnection
 from .options import LoadOptions
 from .runner import FAILURES, GRACE, Mismatch, Runner, Scenario, clock, error_kind
@@ -69,20 +70,6 @@ def _payload(options: LoadOptions, index: int) -> str | bytes:
     if options.binary:
         return os.urandom(options.size)
     return (f"{index} " + os.urandom(options.size // 2 + 1).hex())[: options.size]
-
-
-class _Backoff:
-    """Delays between reconnections after failures: 0.1 s doubling up to 2 s."""
-
-    def __init__(self) -> None:
-        self.delay = 0.0
-
-    def failed(self) -> float:
-        self.delay = min(2.0, self.delay * 2 or 0.1)
-        return self.delay
-
-    def succeeded(self) -> None:
-        self.delay = 0.0
 
 
 def echo(runner: Runner) -> None:
@@ -181,11 +168,11 @@ class _EchoLoop:
 def _echo_user(runner: Runner, mismatches: _Mismatches, index: int) -> None:
     payload = _payload(runner.options, index)
     timeout = runner.options.timeout
-    backoff = _Backoff()
+    backoff = Backoff(0.1, 2.0)  # jittered: users do not reconnect in step
     while runner.active:
         conn = runner.connect()
         if conn is None:
-            runner.sleep(backoff.failed())
+            runner.sleep(backoff.next())
             continue
         loop = _EchoLoop(runner, conn, payload)
         try:
@@ -197,13 +184,13 @@ def _echo_user(runner: Runner, mismatches: _Mismatches, index: int) -> None:
                     # A late echo may still arrive: only a new connection is in step again.
                     loop.end(TimeoutError("no echo within the timeout"))
             if loop.failure is None:
-                backoff.succeeded()
+                backoff.reset()
             elif isinstance(loop.failure, Mismatch):
                 mismatches.stopped(loop.failure)
                 return
             else:
                 runner.fail(loop.failure)
-                runner.sleep(backoff.failed())
+                runner.sleep(backoff.next())
         finally:
             runner.release(conn)
 
@@ -397,13 +384,13 @@ def connect_scenario(runner: Runner) -> None:
 
 def _connect_user(runner: Runner, index: int) -> None:
     close_samples = runner.samples("close").append
-    backoff = _Backoff()
+    backoff = Backoff(0.1, 2.0)  # jittered: users do not reconnect in step
     while runner.active and runner.take():
         conn = runner.connect()
         if conn is None:
-            runner.sleep(backoff.failed())
+            runner.sleep(backoff.next())
             continue
-        backoff.succeeded()
+        backoff.reset()
         start = clock()
         runner.release(conn)
         if conn.close_code == 1000:
@@ -596,25 +583,25 @@ def _script_user(runner: Runner, module: ModuleType, index: int) -> None:
     wait_time: float | Callable[[], float] = getattr(module, "wait_time", 0.0)
     iterations = runner.samples("user").append
     client = ScriptClient(runner, index)
-    backoff = _Backoff()
+    backoff = Backoff(0.1, 2.0)  # jittered: users do not reconnect in step
     while runner.active:
         conn = client.connection = runner.connect()
         if conn is None:
-            runner.sleep(backoff.failed())
+            runner.sleep(backoff.next())
             continue
         try:
             if on_start is not None and not _call_counted(runner, on_start, client):
-                runner.sleep(backoff.failed())
+                runner.sleep(backoff.next())
                 continue
             while runner.active and not conn.closed and runner.take():
                 start = clock()
                 if _call_counted(runner, user, client):
                     iterations(clock() - start)
-                    backoff.succeeded()
+                    backoff.reset()
                 think = wait_time() if callable(wait_time) else wait_time
                 runner.sleep(think)
             if conn.closed and runner.active:
-                runner.sleep(backoff.failed())  # lost: counted where it surfaced
+                runner.sleep(backoff.next())  # lost: counted where it surfaced
             elif on_stop is not None:
                 _call_counted(runner, on_stop, client)
         finally:
