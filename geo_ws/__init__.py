@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "WebSocket": "flask.endpoint",
-    "WebSocketConnector": "flask.endpoint",
+    "WebSocketConnector": "flask.connector",
     "QueryParams": "flask.params",
     "Server": "server.builtin",
     "run": "server.builtin",
@@ -88,7 +88,8 @@ if TYPE_CHECKING:
         ProtocolError,
         WebSocketError,
     )
-    from .flask.endpoint import WebSocket, WebSocketConnector
+    from .flask.connector import WebSocketConnector
+    from .flask.endpoint import WebSocket
     from .flask.extension import GeoWS
     from .flask.params import QueryParams
     from .io.concurrency import run_blocking

@@ -439,7 +439,7 @@ def register_direct_lane(factory: Callable[[Any], DirectLane | None]) -> None:
     """Let the app layer take handshakes straight from the quick path.
 
     The server knows no framework: the Flask glue registers
-    :func:`geo_ws.flask.endpoint.direct_lane` when it is imported, which every app with
+    :func:`geo_ws.flask.direct.direct_lane` when it is imported, which every app with
     geo_ws endpoints has done before it is served.
 
     Args:

@@ -10,7 +10,8 @@ from typing import Any
 from flask import Flask
 from gevent.event import Event
 
-from geo_ws.flask.endpoint import WebSocket, WebSocketConnector
+from geo_ws.flask.connector import WebSocketConnector
+from geo_ws.flask.endpoint import WebSocket
 from tests.helpers import WAIT, RawClient
 
 Serve = Callable[[Any], str]  # the serve fixture of conftest.py

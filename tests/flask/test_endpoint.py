@@ -27,7 +27,7 @@ from gevent.event import Event
 from gevent.monkey import get_original
 
 from geo_ws import ConnectionClosed, WebSocket, run_blocking
-from geo_ws.flask.endpoint import _direct_routes
+from geo_ws.flask.direct import direct_routes
 from geo_ws.protocol.frames import Opcode
 from geo_ws.protocol.machine import Message, Ping, Pong
 
@@ -247,7 +247,6 @@ def test_a_handler_error_closes_that_client_with_1011_and_others_go_on(
     assert http_get(address, "/nothing")[0] == 404  # the server itself goes on
 
 
-
 def test_a_connection_closed_raised_by_the_handler_itself_is_an_error(
     app: Flask, serve, caplog
 ) -> None:
@@ -265,6 +264,7 @@ def test_a_connection_closed_raised_by_the_handler_itself_is_an_error(
         close = client.recv_close()
     assert close.code == 1011
     assert "some other connection" in caplog.text
+
 
 # -- identity and request data ----------------------------------------------------------
 
@@ -781,7 +781,7 @@ def test_only_what_flask_would_just_pass_to_the_view_skips_its_dispatch() -> Non
     hooked.before_request(lambda: None)
     app.register_blueprint(hooked)
     app.register_blueprint(free)
-    routes = _direct_routes(app)
+    routes = direct_routes(app)
     assert {path: endpoint for path, (endpoint, _) in routes.items()} == {
         "/plain": plain,
         "/free/ws": in_free,
@@ -793,7 +793,7 @@ def test_only_what_flask_would_just_pass_to_the_view_skips_its_dispatch() -> Non
     hooked_app = Flask(__name__)
     WebSocket(hooked_app, "/plain")
     hooked_app.after_request(lambda response: response)
-    assert _direct_routes(hooked_app) == {}
+    assert direct_routes(hooked_app) == {}
 
 
 def test_middleware_and_signal_receivers_see_every_handshake(app: Flask, serve) -> None:

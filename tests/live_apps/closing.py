@@ -8,7 +8,8 @@ does it before importing the app.
 
 from flask import Flask
 
-from geo_ws.flask.endpoint import WebSocket, WebSocketConnector
+from geo_ws.flask.connector import WebSocketConnector
+from geo_ws.flask.endpoint import WebSocket
 
 app = Flask(__name__)
 endpoint = WebSocket(app, "/ws")

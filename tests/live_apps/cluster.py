@@ -24,7 +24,8 @@ import time
 from flask import Flask
 
 from geo_ws.delivery.broker import Broker
-from geo_ws.flask.endpoint import WebSocket, WebSocketConnector
+from geo_ws.flask.connector import WebSocketConnector
+from geo_ws.flask.endpoint import WebSocket
 
 
 def create_app(broker: Broker | str | None = None) -> Flask:

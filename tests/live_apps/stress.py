@@ -8,7 +8,8 @@ buffers and the 256 KiB outbox hold for a client that does not read;
 
 from flask import Flask
 
-from geo_ws.flask.endpoint import WebSocket, WebSocketConnector
+from geo_ws.flask.connector import WebSocketConnector
+from geo_ws.flask.endpoint import WebSocket
 
 app = Flask(__name__)
 room = WebSocket(app, "/room", max_outbox_size=256 * 1024, close_timeout=2, ping_interval=None)
