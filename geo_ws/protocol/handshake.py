@@ -34,6 +34,7 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(r"/[^\x00-\x20\x7f]*")  # origin form, without controls or spaces
 
 
 class RequestHead(NamedTuple):
@@ -52,17 +53,25 @@ def parse_request_head(data: bytes) -> RequestHead | None:
     This is the quick path for handshakes: it takes the common shape only (an
     origin-form target, ``name: value`` headers, no folded lines) and returns ``None``
     for anything else, including a head that has not fully arrived, so that a
-    complete HTTP parser can deal with it (and answer 400 where it must).
+    complete HTTP parser can deal with it (and answer 400 where it must). A bare CR
+    or LF, or a NUL, anywhere in the head is such a case, as a control character in
+    the target: it would otherwise end up inside a target or a header value (and in
+    access logs).
     """
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    lines = data[:end].decode("latin-1").split("\r\n")
+    text = data[:end].decode("latin-1")
+    lines = text.split("\r\n")
+    # Every CR and LF belongs to a CRLF between two lines, and there is no NUL.
+    breaks = len(lines) - 1
+    if text.count("\r") != breaks or text.count("\n") != breaks or "\x00" in text:
+        return None
     request_line = lines[0].split(" ")
     if len(request_line) != 3 or request_line[2] != "HTTP/1.1":
         return None
     method, target, _ = request_line
-    if not target.startswith("/") or not _TOKEN.fullmatch(method):
+    if not _TARGET.fullmatch(target) or not _TOKEN.fullmatch(method):
         return None
     headers = []
     for line in lines[1:]:

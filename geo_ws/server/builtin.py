@@ -13,6 +13,7 @@ import gc
 import io
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -52,15 +53,36 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 #: The request line and headers of a request may take at most this many bytes (431 beyond).
 MAX_HEAD_SIZE = 16 * 1024
-_HEAD_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
-    b"Content-Type: text/plain\r\nContent-Length: 38\r\n\r\n"
-    b"request headers are larger than 16 KiB\n"
-)
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# RFC 9112 sections 3 and 5: what a request line and a header field line may be. No
+# bare CR or LF (they would end a line early for some parsers, and show up in access
+# logs), no NUL, no whitespace around the method or before the colon, no folding.
+_REQUEST_LINE = re.compile(_TOKEN.decode() + r" [^\x00-\x20\x7f]+ HTTP/[0-9]\.[0-9]\r\n")
+_FIELD_LINE = re.compile(_TOKEN + rb":[^\r\n\x00]*\r\n")
 
 
-class _HeadTooLarge(Exception):
-    """The request's headers exceed :data:`MAX_HEAD_SIZE`."""
+class _BadHead(Exception):
+    """The request's head is refused: answer ``status`` and close the connection.
+
+    Args:
+        status: the status line's code and phrase, e.g. ``"400 Bad Request"``.
+        reason: what was wrong, the response's body.
+    """
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        body = reason.encode("ascii") + b"\n"
+        self.response = (
+            f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode("ascii") + body
+        """The whole response."""
+
+
+def _bad_request(reason: str) -> _BadHead:
+    return _BadHead("400 Bad Request", reason)
 
 
 class _SlowHead(BaseException):
@@ -71,8 +93,13 @@ class _SlowHead(BaseException):
     """
 
 
-class _LimitedReader:
-    """Lets the header parser read at most ``limit`` bytes from the buffered reader."""
+class _HeadReader:
+    """What the header parser reads through: at most ``limit`` bytes of the buffered
+    reader, in well-formed header field lines.
+
+    Raises:
+        _BadHead: 431 past ``limit``, 400 for a malformed line.
+    """
 
     def __init__(self, rfile: Any, limit: int) -> None:
         self._rfile = rfile
@@ -84,7 +111,11 @@ class _LimitedReader:
         )
         self._left -= len(line)
         if self._left < 0:
-            raise _HeadTooLarge
+            raise _BadHead(
+                "431 Request Header Fields Too Large", "request headers are larger than 16 KiB"
+            )
+        if line not in (b"\r\n", b"") and not _FIELD_LINE.fullmatch(line):
+            raise _bad_request("malformed header line")
         return line
 
 
@@ -122,6 +153,17 @@ def _end_request(environ: dict[str, Any]) -> None:
 
 _stamp: tuple[int, str] = (-1, "")
 
+# What the client sent is logged with control characters, quotes and backslashes as
+# \xNN, as nginx does: a CR or LF must not start a forged line of the log.
+_UNSAFE = re.compile(r'[\x00-\x1f"\\\x7f-\x9f]')
+
+
+def _log_safe(text: str) -> str:
+    """``text`` (sent by a client) as it may be written to a log."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
 
 def _access_line(client: Any, requestline: str, status: str, length: Any, started: float) -> str:
     """A line of the access log, in gevent's format."""
@@ -130,7 +172,7 @@ def _access_line(client: Any, requestline: str, status: str, length: Any, starte
     if second != _stamp[0]:  # the time stamp, formatted once a second
         _stamp = (second, str(datetime.fromtimestamp(second)))
     return (
-        f'{client or "-"} - - [{_stamp[1]}] "{requestline}" {status.split()[0]} '
+        f'{client or "-"} - - [{_stamp[1]}] "{_log_safe(requestline)}" {status.split()[0]} '
         f"{length or '-'} {time.time() - started:.6f}\n"
     )
 
@@ -179,7 +221,8 @@ class Handler(WSGIHandler):
     """gevent's WSGI handler, able to hand its socket over to a WebSocket.
 
     It also bounds what a request head may cost: ``handshake_timeout`` seconds
-    (slowloris) and :data:`MAX_HEAD_SIZE` bytes (431).
+    (slowloris) and :data:`MAX_HEAD_SIZE` bytes (431), and refuses a malformed one
+    with 400 (RFC 9112), closing the connection.
     """
 
     _upgraded = False
@@ -187,6 +230,7 @@ class Handler(WSGIHandler):
 
     def handle_one_request(self) -> Any:
         server = cast(Server, self.server)
+        self.environ = None  # the last request's, on a kept-alive connection
         self._head_timer = gevent.Timeout.start_new(server.handshake_timeout, _SlowHead)
         try:
             return super().handle_one_request()
@@ -197,20 +241,36 @@ class Handler(WSGIHandler):
             self._head_timer.close()
 
     def read_request(self, raw_requestline: str) -> Any:
+        if not _REQUEST_LINE.fullmatch(raw_requestline):
+            raise _bad_request("malformed request line")
         rfile = self.rfile
-        # The header parser reads through self.rfile: let it see a bounded view.
-        self.rfile = _LimitedReader(rfile, MAX_HEAD_SIZE - len(raw_requestline))  # type: ignore[assignment]
+        # The header parser reads through self.rfile: let it see a bounded, checked view.
+        self.rfile = _HeadReader(rfile, MAX_HEAD_SIZE - len(raw_requestline))  # type: ignore[assignment]
         try:
             return super().read_request(raw_requestline)
         finally:
             self.rfile = rfile
 
     def _handle_client_error(self, ex: BaseException) -> Any:
-        if isinstance(ex, _HeadTooLarge):
+        if isinstance(ex, _BadHead):
             self.close_connection = True
-            return ("431", _HEAD_TOO_LARGE)
+            return (ex.status, ex.response)
         # gevent's hook for bad requests, not in its type stubs.
         return super()._handle_client_error(ex)  # type: ignore[misc]
+
+    def log_request(self) -> None:
+        status = self.status or "000"
+        if isinstance(status, bytes):  # as start_response stored it
+            status = status.decode("latin-1")
+        address = self.client_address
+        line = _access_line(
+            address[0] if isinstance(address, tuple) else address,
+            (self.requestline or "").rstrip("\r\n"),
+            status,
+            self.response_length,
+            self.time_start,
+        )
+        self.server.log.write(line)
 
     def get_environ(self) -> dict[str, Any]:
         if self._head_timer is not None:

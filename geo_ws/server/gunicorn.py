@@ -17,7 +17,7 @@ from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import VERSION, GeventResponse, GeventWorker, PyWSGIHandler
 
 from ..delivery.broker import flush_all
-from .builtin import Handler, Server, _QuickHandshake, settle_process
+from .builtin import Handler, Server, _log_safe, _QuickHandshake, settle_process
 
 __all__ = ["Worker"]
 
@@ -26,14 +26,42 @@ __all__ = ["Worker"]
 MARGIN = 1.0
 
 
+def _log_access(
+    log: Any, status: str, headers: list[Any], length: int, environ: dict[str, Any], started: float
+) -> None:
+    """Write a request's line in gunicorn's access log, escaping what the client sent.
+
+    gunicorn escapes only double quotes: a CR or LF in a header would start a forged line.
+    """
+    if not getattr(log, "access_log_enabled", True):
+        return  # gunicorn's own check (gunicorn 26 on), before the arguments are made
+    safe = {
+        key: _log_safe(value) if isinstance(value, str) else value for key, value in environ.items()
+    }
+    # The request's headers as gunicorn's format sees them: "%({user-agent}i)s".
+    request_headers = [
+        (key[5:].replace("_", "-"), value) for key, value in safe.items() if key.startswith("HTTP_")
+    ]
+    response = GeventResponse(status, headers, length)
+    log.access(response, request_headers, safe, timedelta(seconds=time.time() - started))
+
+
 class _Handler(Handler, PyWSGIHandler):  # type: ignore[misc]
     """geo_ws's request handler, writing gunicorn's access log."""
 
     def log_request(self) -> None:
-        if self.response_headers is None:
-            # A WebSocket (its 101 went out directly) or an early error response.
-            self.response_headers = []
-        super().log_request()
+        if self.environ is None:
+            return  # a head refused before it was parsed: as gunicorn, no access log line
+        status = self.status or "000"
+        _log_access(
+            self.server.log,
+            status.decode("latin-1") if isinstance(status, bytes) else status,
+            # None for a WebSocket: its 101 went out directly.
+            self.response_headers or [],
+            self.response_length,
+            self.environ,
+            self.time_start,
+        )
 
 
 class _Server(Server):
@@ -49,18 +77,7 @@ class _Server(Server):
     def _log_quick_request(
         self, handshake: _QuickHandshake, status: str, length: int, started: float
     ) -> None:
-        log: Any = self.log  # gunicorn's logger, in gevent's adapter
-        if not getattr(log, "access_log_enabled", True):
-            return  # gunicorn's own check (gunicorn 26 on), before the arguments are made
-        environ = handshake.environ
-        # The request's headers as gunicorn's format sees them: "%({user-agent}i)s".
-        headers = [
-            (key[5:].replace("_", "-"), value)
-            for key, value in environ.items()
-            if key.startswith("HTTP_")
-        ]
-        response = GeventResponse(status, [], length)
-        log.access(response, headers, environ, timedelta(seconds=time.time() - started))
+        _log_access(self.log, status, [], length, handshake.environ, started)
 
 
 class Worker(GeventWorker):  # type: ignore[misc]

@@ -126,6 +126,11 @@ def test_parse_request_head_takes_a_whole_plain_head() -> None:
         HEAD.replace(b"Host:", b"Host :"),
         HEAD.replace(b"Host:", b"Host"),
         HEAD.replace(b"GET", b"G(T"),
+        HEAD.replace(b"/chat?", b"/chat\nFORGED-LINE?"),  # bare LF in the target
+        HEAD.replace(b"example.com", b"example.com\nForged: 1"),  # ... in a header value
+        HEAD.replace(b"example.com", b"example.com\rForged: 1"),  # bare CR
+        HEAD.replace(b"example.com", b"example\x00.com"),  # NUL
+        HEAD.replace(b"/chat", b"/ch\x1bat"),  # a control character in the target
     ],
 )
 def test_parse_request_head_leaves_anything_unusual_to_a_full_parser(data: bytes) -> None:

@@ -562,3 +562,81 @@ def test_a_closed_connection_leaves_no_cyclic_garbage() -> None:
     ours = [kind for kind in garbage if kind.__module__.startswith("geo_ws")]
     frames = [kind for kind in garbage if kind.__name__ in ("frame", "traceback")]
     assert ours == [] and frames == [], garbage
+
+
+# -- what a request head may be (RFC 9112) ----------------------------------------------
+
+UPGRADE_FIELDS = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+)
+ACCESS_LINE = re.compile(r'^127\.0\.0\.1 - - \[[^]]+\] "[ -~]*" \d{3} (\d+|-) \d+\.\d+$')
+
+
+def send_raw(port: int, data: bytes) -> bytes:
+    """Send ``data`` in one write; return all the server sends until it closes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    try:
+        sock.sendall(data)
+        received = b""
+        with gevent.Timeout(WAIT):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        f"GET /ws\nFORGED-LINE HTTP/1.1\r\nHost: x\r\n{UPGRADE_FIELDS}\r\n",
+        f"GET /no HTTP/1.1\r\nHost: x\r\nUser-Agent: curl\nFORGED-LINE\r\n{UPGRADE_FIELDS}\r\n",
+        f"GET /ws HTTP/1.1\r\nHost: x\r\nUser-Agent: curl\rFORGED-LINE\r\n{UPGRADE_FIELDS}\r\n",
+        "GET /\rFORGED-LINE HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: curl\nFORGED-LINE\r\n\r\n",
+        "GET / HTTP/1.1\nHost: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\n\n",
+    ],
+    ids=[
+        "LF-in-target",
+        "LF-in-header",
+        "CR-in-header",
+        "CR-in-target-http",
+        "LF-in-header-http",
+        "LF-ending-request-line",
+        "LF-ending-head",
+    ],
+)
+def test_a_bare_cr_or_lf_in_a_head_gets_400_and_forges_no_log_line(head: str) -> None:
+    log = io.StringIO()
+    server = Server(("127.0.0.1", 0), closing_app, log=log)
+    server.start()
+    try:
+        response = send_raw(server.address[1], head.encode("latin-1"))
+    finally:
+        server.shutdown(timeout=1)
+    assert response.startswith(b"HTTP/1.1 400 "), response
+    assert b"Connection: close\r\n" in response
+    # One line of the log, in its format, and nothing but printable characters.
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and ACCESS_LINE.match(lines[0]), lines
+
+
+def test_what_a_client_sent_is_logged_with_control_characters_escaped() -> None:
+    log = io.StringIO()
+    server = Server(("127.0.0.1", 0), closing_app, log=log)
+    server.start()
+    try:
+        # Each as an HTTP request, then as a handshake (the quick path).
+        for target in ("/x\x1b[2J\x07", '/x"quoted"\\'):
+            for fields in ("Connection: close\r\n", UPGRADE_FIELDS):
+                head = f"GET {target} HTTP/1.1\r\n{fields}\r\n"
+                send_raw(server.address[1], head.encode("latin-1"))
+    finally:
+        server.shutdown(timeout=1)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 4 and all(ACCESS_LINE.match(line) for line in lines), lines
+    # A control character has no place in a target: 400.
+    assert all('"GET /x\\x1b[2J\\x07 HTTP/1.1" 400 ' in line for line in lines[:2]), lines
+    assert all('"GET /x\\x22quoted\\x22\\x5c HTTP/1.1" 404 ' in line for line in lines[2:]), lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import urllib.request
 from collections import Counter
@@ -332,3 +333,26 @@ def test_send_to_rooms_and_close_across_workers_and_hosts(redis_server: RedisSer
         assert b2.recv_close().code == 4002
     for host in (host_a, host_b):
         assert_no_errors(host)
+
+
+def test_the_access_log_escapes_what_the_client_sent_and_bad_heads_get_400() -> None:
+    access_format = '"%(r)s" %(s)s "%({user-agent}i)s"'
+    options = ("--access-logfile", "-", "--access-logformat", access_format)
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    heads = [
+        f"GET /ws HTTP/1.1\r\nUser-Agent: curl\nFORGED-LINE\r\n{upgrade}\r\n",  # quick path
+        "GET / HTTP/1.1\r\nUser-Agent: curl\nFORGED-LINE\r\n\r\n",  # pywsgi's parser
+        f"GET /ws HTTP/1.1\r\nUser-Agent: probe\x1b[2J\r\n{upgrade}\r\n",
+    ]
+    with gunicorn("tests.live_apps.closing:app", *options) as (server, address):
+        host, port = address.split(":")
+        for head in heads:
+            with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
+                sock.sendall(head.encode("latin-1"))
+                assert sock.recv(12) == (b"HTTP/1.1 400" if "FORGED" in head else b"HTTP/1.1 101")
+        server.stdout.wait_for(re.compile(r'^"GET /ws HTTP/1\.1" 101 "probe\\x1b\[2J"$'), WAIT)
+    assert not any("FORGED" in line for line in server.stdout.lines), server.stdout.lines
+    assert_no_errors(server)
