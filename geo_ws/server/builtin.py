@@ -85,6 +85,40 @@ def _bad_request(reason: str) -> _BadHead:
     return _BadHead("400 Bad Request", reason)
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _check_framing(headers: Any, version: str) -> None:
+    """Refuse a request whose body's length is in doubt (RFC 9112 section 6).
+
+    Two parsers on the way (a proxy and this server) could each see a different end of
+    the body, and take the rest for another request: request smuggling.
+
+    Args:
+        headers: the request's parsed headers (an ``email.message.Message``).
+        version: the request's HTTP version, e.g. ``"HTTP/1.1"``.
+
+    Raises:
+        _BadHead: 400, or 501 for a transfer coding other than chunked.
+    """
+    codings = headers.get_all("Transfer-Encoding")
+    lengths = headers.get_all("Content-Length")
+    if codings:
+        if lengths:
+            raise _bad_request("both Transfer-Encoding and Content-Length")
+        if version == "HTTP/1.0":
+            raise _bad_request("Transfer-Encoding in an HTTP/1.0 request")
+        names = [name.strip().lower() for value in codings for name in value.split(",")]
+        if names[-1] != "chunked" or "chunked" in names[:-1]:
+            raise _bad_request("chunked must be the final transfer coding, once")
+        if len(names) > 1:
+            raise _BadHead("501 Not Implemented", "only the chunked transfer coding is supported")
+    elif lengths:
+        values = {value.strip() for value in lengths}
+        if len(values) > 1 or not _DIGITS.fullmatch(values.pop()):
+            raise _bad_request("invalid Content-Length")
+
+
 class _SlowHead(BaseException):
     """The request's head did not arrive within ``handshake_timeout``.
 
@@ -222,7 +256,8 @@ class Handler(WSGIHandler):
 
     It also bounds what a request head may cost: ``handshake_timeout`` seconds
     (slowloris) and :data:`MAX_HEAD_SIZE` bytes (431), and refuses a malformed one
-    with 400 (RFC 9112), closing the connection.
+    or one whose body's length is in doubt with 400 (RFC 9112), closing the
+    connection: a request pipelined behind it is not served.
     """
 
     _upgraded = False
@@ -250,6 +285,12 @@ class Handler(WSGIHandler):
             return super().read_request(raw_requestline)
         finally:
             self.rfile = rfile
+
+    def MessageClass(self, *args: Any) -> Any:
+        """Parse the request's headers (``read_request`` calls it), then check its framing."""
+        headers = super().MessageClass(*args)
+        _check_framing(headers, self.request_version or "")
+        return headers
 
     def _handle_client_error(self, ex: BaseException) -> Any:
         if isinstance(ex, _BadHead):

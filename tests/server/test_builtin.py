@@ -640,3 +640,75 @@ def test_what_a_client_sent_is_logged_with_control_characters_escaped() -> None:
     # A control character has no place in a target: 400.
     assert all('"GET /x\\x1b[2J\\x07 HTTP/1.1" 400 ' in line for line in lines[:2]), lines
     assert all('"GET /x\\x22quoted\\x22\\x5c HTTP/1.1" 404 ' in line for line in lines[2:]), lines
+
+
+def framing_app() -> Flask:
+    """``POST /echo`` answers the body it read; ``GET /after`` says it was served."""
+    app = Flask(__name__)
+
+    @app.post("/echo")
+    def echo() -> bytes:
+        return b"echo:" + request.get_data()
+
+    @app.get("/after")
+    def after() -> str:
+        return "served"
+
+    return app
+
+
+PIPELINED = b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "body", "status"),
+    [
+        (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n", b"400"),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", b"0\r\n\r\n", b"400"),
+        (b"Content-Length: 5\r\nContent-Length: 6\r\n", b"hello!", b"400"),
+        (b"Content-Length: 5, 6\r\n", b"hello!", b"400"),
+        (b"Content-Length: +5\r\n", b"hello", b"400"),
+        (b"Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n", b"400"),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n", b"400"),
+        (b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n", b"501"),
+        (b"Content-Length : 5\r\n", b"hello", b"400"),
+        (b"Content-Length: 5\r\n folded: 1\r\n", b"hello", b"400"),
+        (b"Content-Length\r\n", b"", b"400"),
+    ],
+    ids=[
+        "CL-then-TE",
+        "TE-then-CL",
+        "two-CLs",
+        "CL-list",
+        "CL-signed",
+        "chunked-not-final",
+        "chunked-twice",
+        "unknown-coding",
+        "space-before-colon",
+        "folded-line",
+        "no-colon",
+    ],
+)
+def test_a_request_of_doubtful_length_is_refused_and_nothing_after_it_served(
+    serve: Serve, fields: bytes, body: bytes, status: bytes
+) -> None:
+    port = int(serve(framing_app()).split(":")[1])
+    response = send_raw(
+        port, b"POST /echo HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n" + body + PIPELINED
+    )
+    assert response.startswith(b"HTTP/1.1 " + status + b" "), response
+    assert response.count(b"HTTP/1.1 ") == 1 and b"served" not in response, response
+
+
+def test_chunked_and_repeated_equal_lengths_are_still_served(serve: Serve) -> None:
+    port = int(serve(framing_app()).split(":")[1])
+    requests = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    response = send_raw(
+        port, requests + PIPELINED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    )
+    assert response.count(b"HTTP/1.1 200 ") == 3, response
+    assert b"echo:hello" in response and b"echo:abc" in response and response.endswith(b"served")
