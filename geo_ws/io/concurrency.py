@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import gevent
 import gevent.selectors
@@ -24,6 +24,7 @@ from .._compat.asyncio import no_running_loop
 __all__ = ["run_blocking", "run_coroutine"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_pid = 0
@@ -87,10 +88,10 @@ def run_coroutine(awaitable: Awaitable[T]) -> T:
         raise
 
 
-def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` in gevent's threadpool; only this greenlet waits for it.
+def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` in gevent's threadpool; only this greenlet waits for it.
 
     Use it for calls that gevent's monkey-patching cannot make cooperative, such as
     a C database driver or a CPU-bound function that releases the GIL.
     """
-    return gevent.get_hub().threadpool.apply(fn, args)
+    return gevent.get_hub().threadpool.apply(fn, args, kwargs)

@@ -72,3 +72,10 @@ def test_run_blocking_keeps_other_greenlets_running() -> None:
     blocking_sleep = get_original("time", "sleep")
     assert run_blocking(lambda seconds: blocking_sleep(seconds) or "done", 0.3) == "done"
     assert ticker.get(timeout=5) < 0.1
+
+
+def test_run_blocking_passes_keyword_arguments() -> None:
+    def join(*parts: str, sep: str = "") -> str:
+        return sep.join(parts)
+
+    assert run_blocking(join, "a", "b", sep="-") == "a-b"
