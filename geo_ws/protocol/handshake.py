@@ -111,9 +111,10 @@ def check_request(environ: Mapping[str, Any]) -> str:
         environ: the WSGI environ of the request.
 
     Raises:
-        HandshakeError: 400 for a request that is not a valid upgrade (not GET, missing
-            ``Upgrade``/``Connection`` tokens, missing or malformed key), 426 with a
-            ``Sec-WebSocket-Version: 13`` header for a missing or unsupported version.
+        HandshakeError: 426 with ``Upgrade: websocket`` for a request that is no upgrade;
+            400 for an upgrade that is not valid (not GET, not HTTP/1.1, missing or
+            malformed key); 426 with a ``Sec-WebSocket-Version: 13`` header for a
+            missing or unsupported version.
     """
     if not is_upgrade_request(environ):
         raise HandshakeError(
@@ -123,6 +124,9 @@ def check_request(environ: Mapping[str, Any]) -> str:
         )
     if environ.get("REQUEST_METHOD") != "GET":
         raise HandshakeError(400, "a WebSocket handshake must use GET")
+    if environ.get("SERVER_PROTOCOL", "HTTP/1.1") in ("HTTP/1.0", "HTTP/0.9"):
+        # RFC 6455 section 4.1; an HTTP/1.0 server ignores Upgrade (RFC 9110 section 7.8).
+        raise HandshakeError(400, "a WebSocket handshake needs HTTP/1.1")
     version = str(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")).strip()
     if version != "13":
         raise HandshakeError(

@@ -47,6 +47,7 @@ def test_a_valid_request_returns_its_key() -> None:
         ({"HTTP_UPGRADE": ""}, 426, "only serves WebSocket"),
         ({"HTTP_CONNECTION": "keep-alive"}, 426, "only serves WebSocket"),
         ({"REQUEST_METHOD": "POST"}, 400, "GET"),
+        ({"SERVER_PROTOCOL": "HTTP/1.0"}, 400, "HTTP/1.1"),
         ({"HTTP_SEC_WEBSOCKET_VERSION": ""}, 426, "missing Sec-WebSocket-Version"),
         ({"HTTP_SEC_WEBSOCKET_VERSION": "8"}, 426, "only 13"),
         ({"HTTP_SEC_WEBSOCKET_KEY": ""}, 400, "missing Sec-WebSocket-Key"),
