@@ -53,6 +53,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 #: The request line and headers of a request may take at most this many bytes (431 beyond).
 MAX_HEAD_SIZE = 16 * 1024
+#: A request may have at most this many header fields (431 beyond), however they
+#: arrive: the header parser pywsgi uses (``http.client``) takes no more, as it counts
+#: the blank line that ends them among its 100 lines.
+MAX_HEADERS = 99
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # RFC 9112 sections 3 and 5: what a request line and a header field line may be. No
@@ -129,15 +133,16 @@ class _SlowHead(BaseException):
 
 class _HeadReader:
     """What the header parser reads through: at most ``limit`` bytes of the buffered
-    reader, in well-formed header field lines.
+    reader, in at most :data:`MAX_HEADERS` well-formed header field lines.
 
     Raises:
-        _BadHead: 431 past ``limit``, 400 for a malformed line.
+        _BadHead: 431 past ``limit`` or :data:`MAX_HEADERS`, 400 for a malformed line.
     """
 
     def __init__(self, rfile: Any, limit: int) -> None:
         self._rfile = rfile
         self._left = limit
+        self._fields = 0
 
     def readline(self, size: int = -1) -> bytes:
         line: bytes = self._rfile.readline(
@@ -148,8 +153,15 @@ class _HeadReader:
             raise _BadHead(
                 "431 Request Header Fields Too Large", "request headers are larger than 16 KiB"
             )
-        if line not in (b"\r\n", b"") and not _FIELD_LINE.fullmatch(line):
+        if line in (b"\r\n", b""):
+            return line
+        if not _FIELD_LINE.fullmatch(line):
             raise _bad_request("malformed header line")
+        self._fields += 1
+        if self._fields > MAX_HEADERS:
+            raise _BadHead(
+                "431 Request Header Fields Too Large", f"more than {MAX_HEADERS} header fields"
+            )
         return line
 
 
@@ -262,11 +274,19 @@ class Handler(WSGIHandler):
 
     _upgraded = False
     _head_timer: gevent.Timeout | None = None
+    head_deadline: float | None = None
+    """When the first request's head must be in (the event loop's time), if the server
+    says: ``handshake_timeout`` runs from the connection's accept, not from this
+    handler's start. Later heads on a kept-alive connection get ``handshake_timeout``."""
 
     def handle_one_request(self) -> Any:
         server = cast(Server, self.server)
         self.environ = None  # the last request's, on a kept-alive connection
-        self._head_timer = gevent.Timeout.start_new(server.handshake_timeout, _SlowHead)
+        deadline, self.head_deadline = self.head_deadline, None
+        timeout = server.handshake_timeout
+        if deadline is not None:
+            timeout = max(0.0, deadline - gevent.get_hub().loop.now())
+        self._head_timer = gevent.Timeout.start_new(timeout, _SlowHead)
         try:
             return super().handle_one_request()
         except _SlowHead:
@@ -611,6 +631,9 @@ class Server(WSGIServer):
         # timer that gives up on each, and the greenlets handling one.
         self._own_handlers = kwargs.get("spawn", "default") == "default"
         self._first_bytes: dict[socket.socket, Any] = {}
+        # When each client being handled was accepted (the event loop's time): its
+        # request head is due handshake_timeout later, however late its first bytes.
+        self._accepted: dict[socket.socket, float] = {}
         self._busy: set[greenlet] = set()
         self._none_busy = Event()
         self._none_busy.set()
@@ -645,6 +668,7 @@ class Server(WSGIServer):
 
     def do_close(self, sock: socket.socket, *args: Any) -> None:
         """After a client's handler: close its socket, unless a WebSocket took it."""
+        self._accepted.pop(sock, None)
         if sock in self._taken:
             self._taken.discard(sock)
         else:
@@ -659,25 +683,30 @@ class Server(WSGIServer):
         """
         if self.stopping:
             return
+        now = gevent.get_hub().loop.now()
+        deadline = self._accepted.get(sock, now) + self.handshake_timeout
         # TLS is pywsgi's to handle; Unix sockets have no port for the environ.
         quick = self.quick_handshakes and isinstance(address, tuple)
         if not quick or is_tls(sock):
-            super().handle(sock, address)
+            self._handle_with_pywsgi(sock, address, deadline)
             return
-        handshake = self._quick_handshake(sock, address)
+        handshake = self._quick_handshake(sock, address, deadline - now)
         if isinstance(handshake, _QuickHandshake):
             handshake.run()
         elif handshake:
-            self._handle_with_pywsgi(sock, address, handshake)
+            self._handle_with_pywsgi(sock, address, deadline, handshake)
         # else nothing came within handshake_timeout (slowloris), or the client left
 
-    def _quick_handshake(self, sock: socket.socket, address: Any) -> _QuickHandshake | bytes:
+    def _quick_handshake(
+        self, sock: socket.socket, address: Any, timeout: float
+    ) -> _QuickHandshake | bytes:
         """Read the request's head and return its handshake if it can take the quick path,
-        else the bytes read, for pywsgi's handler (none if the client sent nothing).
+        else the bytes read, for pywsgi's handler (none if the client sent nothing
+        within ``timeout`` seconds).
 
         (A method of its own so that the head's bytes are not kept for the session.)
         """
-        sock.settimeout(self.handshake_timeout)
+        sock.settimeout(max(0.0, timeout))
         self.idle.add(sock)
         try:
             data = sock.recv(MAX_HEAD_SIZE)
@@ -687,8 +716,8 @@ class Server(WSGIServer):
             self.idle.discard(sock)
             sock.settimeout(None)
         head = parse_request_head(data)
-        if head is None or head.method != "GET" or self.stopping:
-            return data
+        if head is None or head.method != "GET" or len(head.headers) > MAX_HEADERS or self.stopping:
+            return data  # for pywsgi's handler (which refuses too many headers, too)
         handshake = _QuickHandshake(self, sock, address, head, data[head.size :])
         if not handshake.websocket:
             return data
@@ -725,14 +754,25 @@ class Server(WSGIServer):
                 _access_line(handshake.address[0], handshake.requestline, status, length, started)
             )
 
-    def _handle_with_pywsgi(self, sock: socket.socket, address: Any, data: bytes) -> None:
-        """Let ``handler_class`` serve the connection, reading ``data`` before the socket."""
-        handler = self.handler_class(sock, address, self)
-        handler.rfile.close()
-        # One buffer for all of it: a read past the head gets what came behind it.
-        handler.rfile = io.BufferedReader(
-            _Replay(data, sock), max(io.DEFAULT_BUFFER_SIZE, len(data))
-        )
+    def _handle_with_pywsgi(
+        self, sock: socket.socket, address: Any, deadline: float, data: bytes = b""
+    ) -> None:
+        """Let ``handler_class`` serve the connection, reading ``data`` before the socket.
+
+        Args:
+            sock: the client's socket.
+            address: the client's address.
+            deadline: when the first request's head must be in (the event loop's time).
+            data: what the quick path read.
+        """
+        handler = cast(Handler, self.handler_class(sock, address, self))
+        if data:
+            handler.rfile.close()
+            # One buffer for all of it: a read past the head gets what came behind it.
+            handler.rfile = io.BufferedReader(
+                _Replay(data, sock), max(io.DEFAULT_BUFFER_SIZE, len(data))
+            )
+        handler.head_deadline = deadline
         handler.handle()
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -774,8 +814,10 @@ class Server(WSGIServer):
             super().do_handle(*args)
             return
         sock: Any = args[0]
-        timer = sock._read_event.loop.timer(self.handshake_timeout)
+        loop = sock._read_event.loop
+        timer = loop.timer(self.handshake_timeout)
         self._first_bytes[sock] = timer
+        self._accepted[sock] = loop.now()
         sock._read_event.start(self._first_bytes_came, args)
         timer.start(self._no_first_bytes, args)
 

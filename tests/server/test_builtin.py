@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import io
@@ -712,3 +713,53 @@ def test_chunked_and_repeated_equal_lengths_are_still_served(serve: Serve) -> No
     )
     assert response.count(b"HTTP/1.1 200 ") == 3, response
     assert b"echo:hello" in response and b"echo:abc" in response and response.endswith(b"served")
+
+
+def test_an_http_1_0_handshake_is_refused(serve: Serve) -> None:
+    port = int(serve(closing_app).split(":")[1])
+    response = send_raw(port, f"GET /ws HTTP/1.0\r\nHost: x\r\n{UPGRADE_FIELDS}\r\n".encode())
+    assert response.startswith(b"HTTP/1.1 400 "), response
+    assert response.endswith(b"a WebSocket handshake needs HTTP/1.1\n")
+
+
+@pytest.mark.parametrize("count", [99, 100, 1000])
+@pytest.mark.parametrize("pieces", [1, 3], ids=["whole", "in-pieces"])
+def test_the_header_count_limit_answers_the_same_however_the_head_arrives(
+    serve: Serve, count: int, pieces: int
+) -> None:
+    port = int(serve(closing_app).split(":")[1])
+    fields = "".join(f"X-{n}: {n}\r\n" for n in range(count - 5))  # the handshake has 5 more
+    head = f"GET /ws HTTP/1.1\r\nHost: x\r\n{fields}{UPGRADE_FIELDS}\r\n".encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    try:
+        step = -(-len(head) // pieces)
+        with contextlib.suppress(BrokenPipeError):  # refused before the last piece
+            for start in range(0, len(head), step):
+                sock.sendall(head[start : start + step])
+                gevent.sleep(0.05)
+        assert sock.recv(12) == (b"HTTP/1.1 101" if count <= 99 else b"HTTP/1.1 431")
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("spawn", [None, 10], ids=["own-handlers", "pool"])
+def test_the_handshake_timeout_runs_from_accept_however_late_the_first_bytes(
+    spawn: int | None,
+) -> None:
+    timeout = 1.0 * TIMEOUT_FACTOR
+    pool = {} if spawn is None else {"spawn": Pool(spawn)}
+    server = Server(("127.0.0.1", 0), closing_app, handshake_timeout=timeout, log=None, **pool)
+    server.start()
+    try:
+        started = time.monotonic()
+        slow = socket.create_connection(("127.0.0.1", server.address[1]), timeout=WAIT)
+        gevent.sleep(timeout * 0.7)
+        slow.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        with gevent.Timeout(WAIT):
+            assert slow.recv(100) == b""
+        elapsed = time.monotonic() - started
+        slow.close()
+    finally:
+        server.shutdown(timeout=1)
+    # Not 1.7 timeouts: the handshake timeout again from the first bytes.
+    assert timeout * 0.9 < elapsed < timeout * 1.35, elapsed
