@@ -779,7 +779,8 @@ class Server(WSGIServer):
         """Stop accepting, close WebSockets with 1001 and wait up to ``timeout`` seconds.
 
         Handlers still running after ``timeout`` are killed; close handlers run either
-        way. Idempotent.
+        way. A WebSocket whose handler (its close handler, say) still holds back its
+        Close at ``timeout`` gets its Close 1001 then, before TCP closes. Idempotent.
         """
         self.close()
         self.stopping = True
@@ -794,7 +795,13 @@ class Server(WSGIServer):
             connection.request_close(1001, "server shutting down")
         # Parked connections have no greenlet in the pool: wait for them first.
         deadline = time.monotonic() + timeout
-        self.connections.none_left.wait(timeout)
+        if not self.connections.none_left.wait(timeout):
+            for connection in list(self.connections):
+                if connection.can_send:  # no Close sent yet: a handler is busy
+                    # Sent from here, without waiting for the answer: the handler's
+                    # greenlet is killed next.
+                    connection.close_timeout = 0.0
+                    connection.close(1001, "server shutting down")
         self.stop(timeout=max(0.0, deadline - time.monotonic()))
         # What woke from parking and is still busy past the deadline (stop() killed the
         # handlers the same way): its close handler runs as it dies.

@@ -763,3 +763,29 @@ def test_the_handshake_timeout_runs_from_accept_however_late_the_first_bytes(
         server.shutdown(timeout=1)
     # Not 1.7 timeouts: the handshake timeout again from the first bytes.
     assert timeout * 0.9 < elapsed < timeout * 1.35, elapsed
+
+
+def test_a_close_handler_blocking_past_the_deadline_still_lets_its_client_get_1001() -> None:
+    app = Flask(__name__)
+    endpoint = WebSocket(app, "/ws")
+    closing = Event()
+
+    @endpoint.on("close")
+    def close() -> None:
+        closing.set()
+        gevent.sleep(60)  # at shutdown, and past its deadline
+
+    server = Server(("127.0.0.1", 0), app, log=None)
+    server.start()
+    client = RawClient(f"127.0.0.1:{server.address[1]}", "/ws")
+    try:
+        stopper = gevent.spawn(server.shutdown, 0.5)
+        assert closing.wait(WAIT)
+        close = client.recv_close()
+        assert (close.code, close.reason) == (1001, "server shutting down")
+        assert client.at_eof()
+        stopper.join(WAIT)
+        assert stopper.successful(), stopper.exception
+    finally:
+        client.close()
+        server.shutdown(timeout=0.1)
