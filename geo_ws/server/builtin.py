@@ -9,6 +9,7 @@ handlers, then returns.
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import io
 import logging
@@ -121,6 +122,24 @@ def _check_framing(headers: Any, version: str) -> None:
         values = {value.strip() for value in lengths}
         if len(values) > 1 or not _DIGITS.fullmatch(values.pop()):
             raise _bad_request("invalid Content-Length")
+
+
+#: accept() errors that say the process (or the system) has run out of descriptors or
+#: memory: they come in bursts, every retry failing until connections close.
+_EXHAUSTED = {
+    errno.EMFILE: "this process has run out of file descriptors (ulimit -n)",
+    errno.ENFILE: "the system has run out of file descriptors",
+    errno.ENOBUFS: "the system has run out of socket buffers",
+    errno.ENOMEM: "the system has run out of memory",
+}
+
+
+class _Exhausted(GreenletExit):
+    """accept() failed for want of resources (see :data:`_EXHAUSTED`), already reported.
+
+    gevent's accept loop backs off and retries after any exception, and prints each
+    one's traceback unless the hub counts it as no error: ``GreenletExit`` is one.
+    """
 
 
 class _SlowHead(BaseException):
@@ -635,8 +654,35 @@ class Server(WSGIServer):
         # request head is due handshake_timeout later, however late its first bytes.
         self._accepted: dict[socket.socket, float] = {}
         self._busy: set[greenlet] = set()
+        self._exhausted = False  # accept() is failing for want of descriptors
         self._none_busy = Event()
         self._none_busy.set()
+
+    def do_read(self) -> Any:
+        """Accept a client (gevent's accept loop calls it); report running out of
+        descriptors once per burst of failures, instead of a traceback per retry.
+
+        Raises:
+            _Exhausted: accept() failed for want of resources; gevent's loop retries later.
+        """
+        try:
+            accepted = super().do_read()
+        except OSError as error:
+            why = _EXHAUSTED.get(error.errno or 0)
+            if why is None:
+                raise
+            if not self._exhausted:
+                self._exhausted = True
+                logger.warning(
+                    "cannot accept connections: %s (%s); retrying until connections close",
+                    why,
+                    errno.errorcode[error.errno or 0],
+                )
+            raise _Exhausted from None
+        if self._exhausted and accepted:
+            self._exhausted = False
+            logger.warning("accepting connections again")
+        return accepted
 
     def full(self) -> bool:
         """Whether the pool is at its size (if it has one), parked WebSockets included.

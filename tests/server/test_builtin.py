@@ -789,3 +789,36 @@ def test_a_close_handler_blocking_past_the_deadline_still_lets_its_client_get_10
     finally:
         client.close()
         server.shutdown(timeout=0.1)
+
+
+OUT_OF_FDS = """
+import resource
+from gevent import monkey
+monkey.patch_all()
+import geo_ws
+from tests.live_apps.closing import app
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+geo_ws.run(app, port=0)
+"""
+
+
+def test_running_out_of_descriptors_gives_one_warning_per_burst_then_recovers() -> None:
+    with ServerProcess("-c", OUT_OF_FDS) as server:
+        host, port = server.wait_serving()
+        # More connections than descriptors: accept() fails until some close.
+        crowd = [socket.create_connection((host, port), timeout=WAIT) for _ in range(80)]
+        try:
+            server.stderr.wait_for(re.compile(r"cannot accept connections: .*\(EMFILE\)"), WAIT)
+            gevent.sleep(1.5)  # gevent's accept loop retries meanwhile, several times
+        finally:
+            for sock in crowd:
+                sock.close()
+        server.stderr.wait_for(re.compile(r"accepting connections again"), WAIT)
+        client = RawClient(f"{host}:{port}", "/ws")
+        assert client.recv() == "welcome"
+        client.close()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=WAIT) == 0
+    lines = server.stderr.finish()
+    assert sum("cannot accept connections" in line for line in lines) == 1, lines
+    assert not any("Traceback" in line or "Too many open files" in line for line in lines), lines
