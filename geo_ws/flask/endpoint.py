@@ -72,7 +72,7 @@ def _websocket_mismatch(error: WebsocketMismatch) -> Response:
     return Response(
         "this URL only serves WebSocket connections\n",
         426,
-        [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        [("Upgrade", "websocket")],  # Connection is the server's: see check_request
         mimetype="text/plain",
     )
 

@@ -117,10 +117,10 @@ def check_request(environ: Mapping[str, Any]) -> str:
             missing or unsupported version.
     """
     if not is_upgrade_request(environ):
+        # No "Connection: Upgrade" to go with Upgrade: Connection is the server's (PEP
+        # 3333), and servers that write their own would send two (see the Server's handler).
         raise HandshakeError(
-            426,
-            "this URL only serves WebSocket connections",
-            [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+            426, "this URL only serves WebSocket connections", [("Upgrade", "websocket")]
         )
     if environ.get("REQUEST_METHOD") != "GET":
         raise HandshakeError(400, "a WebSocket handshake must use GET")

@@ -352,6 +352,15 @@ class Handler(WSGIHandler):
         )
         self.server.log.write(line)
 
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        # RFC 9110 section 7.8: a response that offers an Upgrade (a 426) names it in
+        # Connection too. The app may not send Connection (PEP 3333, and servers that
+        # write their own would repeat it): the server adds it.
+        names = {name.lower() for name, _ in headers}
+        if "upgrade" in names and "connection" not in names:
+            headers = [*headers, ("Connection", "Upgrade")]
+        return super().start_response(status, headers, exc_info)
+
     def get_environ(self) -> dict[str, Any]:
         if self._head_timer is not None:
             self._head_timer.close()  # the head is in: the app may take its time

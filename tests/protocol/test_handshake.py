@@ -68,6 +68,14 @@ def test_a_version_refusal_advertises_version_13() -> None:
     assert ("Sec-WebSocket-Version", "13") in error.value.headers
 
 
+def test_a_request_that_is_no_upgrade_is_told_to_upgrade_without_hop_by_hop_headers() -> None:
+    with pytest.raises(HandshakeError) as error:
+        check_request(environ(HTTP_UPGRADE=""))
+    assert error.value.status == 426
+    # Connection is the server's to write (PEP 3333): an app's would make two.
+    assert error.value.headers == [("Upgrade", "websocket")]
+
+
 def test_the_101_response() -> None:
     response = response_101(KEY, [("Sec-WebSocket-Protocol", "chat")])
     head, _, rest = response.partition(b"\r\n\r\n")

@@ -822,3 +822,37 @@ def test_running_out_of_descriptors_gives_one_warning_per_burst_then_recovers() 
     lines = server.stderr.finish()
     assert sum("cannot accept connections" in line for line in lines) == 1, lines
     assert not any("Traceback" in line or "Too many open files" in line for line in lines), lines
+
+
+def response_fields(response: bytes) -> list[tuple[str, str]]:
+    """The header fields of a raw response, names in lower case."""
+    head = response.partition(b"\r\n\r\n")[0].decode("latin-1")
+    fields = [line.partition(":") for line in head.split("\r\n")[1:]]
+    return [(name.strip().lower(), value.strip()) for name, _, value in fields]
+
+
+def test_the_426_to_a_plain_get_names_the_upgrade_in_one_connection_header(serve: Serve) -> None:
+    port = int(serve(closing_app).split(":")[1])
+    response = send_raw(port, b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 426 "), response
+    fields = response_fields(response)
+    assert [value for name, value in fields if name == "connection"] == ["Upgrade"], fields
+    assert ("upgrade", "websocket") in fields
+
+
+def test_under_werkzeugs_dev_server_the_426_has_one_connection_header_too() -> None:
+    # `flask run`: Werkzeug writes "Connection: close" after whatever the app sent.
+    from werkzeug.serving import make_server
+
+    dev_server = make_server("127.0.0.1", 0, closing_app)
+    serving = gevent.spawn(dev_server.serve_forever, 0.05)
+    try:
+        response = send_raw(dev_server.port, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        dev_server.shutdown()
+        serving.join(WAIT)
+        dev_server.server_close()
+    assert response.split(b" ", 2)[1] == b"426", response
+    fields = response_fields(response)
+    assert [name for name, _ in fields].count("connection") == 1, fields
+    assert ("upgrade", "websocket") in fields
