@@ -18,6 +18,10 @@ error is detected, and the connection layer only has to put it on the wire.
 
 from __future__ import annotations
 
+import html
+import http
+import re
+
 __all__ = [
     "ConnectionClosed",
     "ConnectionClosedError",
@@ -65,25 +69,62 @@ class PayloadTooBig(ProtocolError):
     default_code = 1009
 
 
+_MARKUP = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>|<[^>]*>", re.DOTALL | re.IGNORECASE)
+_SPACE = re.compile(r"\s+")
+
+
 class HandshakeError(WebSocketError):
     """The opening handshake is refused with an HTTP error.
 
+    Its message is the status line and the reason: ``HTTP 403 Forbidden: origin
+    'http://evil' is not allowed``.
+
     Args:
-        status: the HTTP status to answer with (400, 403, 426, ...).
+        status: the HTTP status to answer with (400, 403, 426, ...); 0 when the
+            response was not HTTP at all (client side).
         reason: a one-line explanation, sent as the response body.
         headers: extra response headers, e.g. ``Sec-WebSocket-Version`` for 426.
     """
 
+    #: How many characters of a refusal's body :meth:`refused` keeps.
+    EXCERPT_LENGTH = 200
+
     def __init__(
         self, status: int, reason: str, headers: list[tuple[str, str]] | None = None
     ) -> None:
-        super().__init__(f"{status}: {reason}")
+        if status:
+            try:
+                line = f"HTTP {status} {http.HTTPStatus(status).phrase}"
+            except ValueError:  # a status Python does not name
+                line = f"HTTP {status}"
+            super().__init__(f"{line}: {reason}")
+        else:
+            super().__init__(reason)
         self.status = status
         """The HTTP status code of the refusal."""
         self.reason = reason
         """A one-line explanation of the refusal."""
         self.headers = headers or []
         """Extra headers for the refusal."""
+
+    @classmethod
+    def refused(
+        cls, status: int, body: str, headers: list[tuple[str, str]] | None = None
+    ) -> HandshakeError:
+        """The error for a server's refusal: its status, and its body as readable text.
+
+        Markup (an HTML error page) is dropped, entities decoded, whitespace collapsed,
+        and the text cut to :attr:`EXCERPT_LENGTH` characters.
+
+        Args:
+            status: the response's status.
+            body: the response's body (or its beginning), decoded.
+            headers: the response's headers.
+        """
+        text = _SPACE.sub(" ", html.unescape(_MARKUP.sub(" ", body))).strip()
+        if len(text) > cls.EXCERPT_LENGTH:
+            text = text[: cls.EXCERPT_LENGTH - 3].rstrip() + "..."
+        return cls(status, text or "the server refused the upgrade", headers)
 
 
 class ConnectionClosed(WebSocketError):

@@ -72,8 +72,8 @@ def connect(
 
     Raises:
         ValueError: the URL is not a ``ws://`` or ``wss://`` URL.
-        HandshakeError: the server refused the upgrade (its HTTP status, and the first
-            line of its response body as the reason), or accepted it wrongly (a bad
+        HandshakeError: the server refused the upgrade (its HTTP status, and the text
+            of its response body, cut short, as the reason), or accepted it wrongly (a bad
             ``Sec-WebSocket-Accept``, a subprotocol that was not offered...).
         TimeoutError: the connection or the handshake took longer than ``timeout``.
         OSError: the TCP connection failed (``ConnectionRefusedError``...).
@@ -198,7 +198,9 @@ def _check_response(
         HandshakeError: the server refused, or its acceptance breaks RFC 6455.
     """
     if status != 101:
-        raise HandshakeError(status, _refusal_reason(sock, headers, rest), list(headers.items()))
+        raise HandshakeError.refused(
+            status, _refusal_body(sock, headers, rest), list(headers.items())
+        )
     if headers.get("upgrade", "").lower() != "websocket":
         raise HandshakeError(status, "missing 'Upgrade: websocket' in the response")
     if "upgrade" not in {
@@ -218,8 +220,8 @@ def _check_response(
     return chosen
 
 
-def _refusal_reason(sock: gsocket.socket, headers: dict[str, str], rest: bytes) -> str:
-    """The first line of a refusal's body (read within a short bound), or a generic text."""
+def _refusal_body(sock: gsocket.socket, headers: dict[str, str], rest: bytes) -> str:
+    """The beginning of a refusal's body, read within a short bound."""
     try:
         length = min(int(headers.get("content-length", "0")), MAX_REFUSAL_BODY)
     except ValueError:
@@ -234,8 +236,7 @@ def _refusal_reason(sock: gsocket.socket, headers: dict[str, str], rest: bytes) 
             body += chunk
     except OSError:
         pass  # the status alone is reason enough
-    line = body[:length].decode("utf-8", "replace").strip().split("\n", 1)[0].strip()
-    return line or "the server refused the upgrade"
+    return body[:length].decode("utf-8", "replace")
 
 
 # What the timer of a wait passes to the waiter.

@@ -144,3 +144,40 @@ def test_parse_request_head_takes_a_whole_plain_head() -> None:
 )
 def test_parse_request_head_leaves_anything_unusual_to_a_full_parser(data: bytes) -> None:
     assert parse_request_head(data) is None
+
+
+FLASK_401 = """<!doctype html>
+<html lang=en>
+<title>401 Unauthorized</title>
+<h1>Unauthorized</h1>
+<p>The server could not verify that you are authorized to access the URL requested. You either
+supplied the wrong credentials (e.g. a bad password), or your browser doesn&#x27;t understand
+how to supply the credentials required.</p>
+"""
+
+
+def test_a_refusal_reads_as_its_status_line_and_the_text_of_its_body() -> None:
+    error = HandshakeError.refused(401, FLASK_401)
+    assert error.status == 401
+    assert str(error).startswith(
+        "HTTP 401 Unauthorized: 401 Unauthorized Unauthorized The server could not verify"
+    )
+    assert "<" not in str(error) and "&#x27;" not in error.reason and "\n" not in error.reason
+    assert len(error.reason) == HandshakeError.EXCERPT_LENGTH and error.reason.endswith("...")
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            HandshakeError.refused(403, "origin not allowed\n"),
+            "HTTP 403 Forbidden: origin not allowed",
+        ),
+        (HandshakeError.refused(502, ""), "HTTP 502 Bad Gateway: the server refused the upgrade"),
+        (HandshakeError.refused(599, "<p>odd</p>"), "HTTP 599: odd"),
+        (HandshakeError(400, "missing Sec-WebSocket-Key header"), "HTTP 400 Bad Request: missing"),
+        (HandshakeError(0, "not an HTTP response: 'SSH-2.0'"), "not an HTTP response: 'SSH-2.0'"),
+    ],
+)
+def test_handshake_errors_name_their_status(error: HandshakeError, message: str) -> None:
+    assert str(error).startswith(message)

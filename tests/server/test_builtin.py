@@ -856,3 +856,24 @@ def test_under_werkzeugs_dev_server_the_426_has_one_connection_header_too() -> N
     fields = response_fields(response)
     assert [name for name, _ in fields].count("connection") == 1, fields
     assert ("upgrade", "websocket") in fields
+
+
+def test_a_client_refused_with_an_html_page_gets_its_status_line_and_text(serve: Serve) -> None:
+    from flask import abort
+
+    from geo_ws.client import connect as geo_ws_connect
+    from geo_ws.exceptions import HandshakeError
+
+    app = Flask(__name__)
+    endpoint = WebSocket(app, "/ws")
+
+    @app.before_request
+    def login_required() -> None:
+        abort(401)  # Flask's HTML error page
+
+    assert endpoint is not None
+    with pytest.raises(HandshakeError) as info:
+        geo_ws_connect(f"ws://{serve(app)}/ws", timeout=WAIT)
+    message = str(info.value)
+    assert message.startswith("HTTP 401 Unauthorized: 401 Unauthorized Unauthorized The server")
+    assert "<" not in message and len(info.value.reason) <= 200
