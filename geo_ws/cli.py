@@ -13,6 +13,7 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from typing import Any  # noqa: E402
 
 from .load import command as load  # noqa: E402
@@ -25,14 +26,24 @@ def load_app(spec: str) -> Any:
     """Import ``module:attribute`` (``module`` alone means ``module:app``).
 
     Raises:
-        SystemExit: with a readable message when the module or attribute is missing.
+        SystemExit: with a readable message when the module or attribute is missing,
+            and with the traceback when an import inside the module fails (as ``flask
+            run`` does).
     """
     module_name, _, attribute = spec.partition(":")
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise SystemExit(f"geo-ws: cannot import {module_name!r}: {error}") from error
+        parts = module_name.split(".")
+        named = {".".join(parts[: n + 1]) for n in range(len(parts))}
+        if isinstance(error, ModuleNotFoundError) and error.name in named:
+            raise SystemExit(f"geo-ws: cannot import {module_name!r}: {error}") from None
+        # The module exists; an import inside it failed: where is what matters.
+        raise SystemExit(
+            f"geo-ws: while importing {module_name!r}, an import failed:\n\n"
+            + traceback.format_exc()
+        ) from None
     try:
         return getattr(module, attribute or "app")
     except AttributeError:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import websocket
 
 from tests.helpers import WAIT
-from tests.live_apps.process import ServerProcess, run_command, run_python
+from tests.live_apps.process import ServerProcess, child_env, run_command, run_python
 from tests.test_examples import ROBYN_TOUR_ENDPOINTS
 
 
@@ -60,6 +63,32 @@ def test_run_unknown_module_is_a_readable_error() -> None:
     assert "geo-ws: cannot import 'no_such_module_for_geo_ws'" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert "serving on" not in result.stderr
+
+
+def test_a_failing_import_inside_the_app_module_shows_its_traceback(tmp_path: Path) -> None:
+    package = tmp_path / "app_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "app_imp.py").write_text("import os\nimport foo_missing\napp = None\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "geo_ws", "run", "app_pkg.app_imp:app", "--port", "0"],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "geo-ws: while importing 'app_pkg.app_imp', an import failed" in result.stderr
+    assert "Traceback" in result.stderr, result.stderr
+    # Where: the module's file and line, and what.
+    assert 'app_imp.py", line 2' in result.stderr and "import foo_missing" in result.stderr
+    assert "No module named 'foo_missing'" in result.stderr
+    assert "serving on" not in result.stderr
+    # A package the user named that is missing stays a short message.
+    missing = run_python("-m", "geo_ws", "run", "examples.no_such_module:app", "--port", "0")
+    assert "geo-ws: cannot import 'examples.no_such_module'" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_run_missing_attribute_is_a_readable_error() -> None:
