@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -26,7 +27,7 @@ from urllib.parse import unquote_to_bytes
 
 import gevent
 from gevent.event import Event
-from gevent.monkey import is_module_patched
+from gevent.monkey import get_original, is_module_patched, is_object_patched
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 from greenlet import GreenletExit, getcurrent, greenlet
 
@@ -48,6 +49,25 @@ Start your script with these two lines, before any other import:
     monkey.patch_all()
 
 (`geo-ws run module:app` and geo_ws's gunicorn worker do this for you.)"""
+
+LATE_PATCH_HINT = (
+    "the process was monkey-patched too late: modules imported before kept what gevent "
+    "patches, blocking, as it was: %s.\n"
+    "Patch before any other import: start your script with these two lines,\n\n"
+    "    from gevent import monkey\n"
+    "    monkey.patch_all()\n\n"
+    "or serve with `geo-ws run module:app`, which does it for you (`flask geo-ws run` can "
+    "only patch once Flask has imported the app)."
+)
+
+#: What gevent patches that a module may have taken (``from time import sleep``) before.
+_PATCHED_NAMES = {
+    "socket": ("socket", "create_connection", "socketpair", "getaddrinfo"),
+    "time": ("sleep",),
+    "select": ("select", "poll"),
+    "threading": ("Lock", "RLock", "Event", "Condition", "Semaphore", "local", "get_ident"),
+    "_thread": ("allocate_lock", "get_ident", "start_new_thread"),
+}
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -931,6 +951,33 @@ def _kill(greenlets: Iterable[greenlet | None]) -> None:
             loop.run_callback(one.throw, GreenletExit)
 
 
+def _unpatched_references() -> list[str]:
+    """What modules outside the standard library, gevent and geo_ws (its client keeps
+    the original socket on purpose) hold of what gevent patched, as it was before:
+    those modules were imported before the patching.
+
+    Returns:
+        ``module.attribute (original)`` for each, e.g. ``werkzeug.routing.map.Lock
+        (_thread.allocate_lock)``.
+    """
+    originals = {
+        id(get_original(module, name)): f"{module}.{name}"
+        for module, names in _PATCHED_NAMES.items()
+        for name in names
+        if is_object_patched(module, name)
+    }
+    found = []
+    for module_name, module in list(sys.modules.items()):
+        top = module_name.partition(".")[0]
+        if top in sys.stdlib_module_names or top in ("gevent", "greenlet", "geo_ws"):
+            continue
+        for attribute, value in list(getattr(module, "__dict__", {}).items()):
+            original = originals.get(id(value))
+            if original is not None:
+                found.append(f"{module_name}.{attribute} ({original})")
+    return found
+
+
 def settle_process() -> None:
     """Before serving: keep the collector, the allocator and gevent's bookkeeping off
     the hot path (:func:`run` and :class:`geo_ws.server.gunicorn.Worker` call it).
@@ -1005,6 +1052,9 @@ def run(
     young garbage collections rarer, keeps glibc from returning the heap's top at every
     message and turns off gevent's greenlet-tree tracking.
 
+    It warns when the process was patched too late: when modules imported before the
+    patching kept blocking versions of what gevent patches.
+
     Raises:
         RuntimeError: the ``socket`` module is not monkey-patched by gevent.
     """
@@ -1013,6 +1063,9 @@ def run(
     if not logging.getLogger().handlers:
         # Nothing configured logging: show the address and errors on stderr.
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    late = _unpatched_references()
+    if late:
+        logger.warning(LATE_PATCH_HINT, ", ".join(late[:5]) + (", ..." if len(late) > 5 else ""))
     server = Server((host, port), app, handshake_timeout=handshake_timeout)
     settle_process()
     stop = Event()
@@ -1030,3 +1083,6 @@ def run(
     finally:
         for handler in handlers:
             handler.cancel()
+        # What settle_process() froze would outlive the modules at exit, and logging's
+        # finalizers then fail noisily ("Exception ignored in: _removeHandlerRef").
+        gc.unfreeze()

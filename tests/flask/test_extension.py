@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import websockets.sync.client
 from flask import Blueprint, Flask
@@ -78,3 +80,18 @@ def test_flask_geo_ws_run_serves_the_app_factory() -> None:
         client.send("from flask's CLI")
         assert client.recv() == "from flask's CLI"
         client.close()
+
+
+def test_flask_geo_ws_run_says_it_patched_too_late_and_exits_quietly() -> None:
+    args = ["-m", "flask", "--app", "tests.live_apps.factory:create_app", "geo-ws", "run"]
+    with ServerProcess(*args, "--port", "0") as server:
+        server.wait_serving()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
+    lines = server.stderr.finish()
+    text = "\n".join(lines)
+    # Flask imported the app (and itself) before the command could patch: say so, and how.
+    assert "monkey-patched too late" in text and "monkey.patch_all()" in text, text
+    assert "geo-ws run module:app" in text
+    # Nothing noisy at exit (logging's finalizers used to fail: "Exception ignored in").
+    assert "Exception ignored" not in text and "Traceback" not in text, text

@@ -877,3 +877,26 @@ def test_a_client_refused_with_an_html_page_gets_its_status_line_and_text(serve:
     message = str(info.value)
     assert message.startswith("HTTP 401 Unauthorized: 401 Unauthorized Unauthorized The server")
     assert "<" not in message and len(info.value.reason) <= 200
+
+
+LATE_PATCH = """
+from flask import Flask
+from gevent import monkey
+monkey.patch_all()
+import geo_ws
+geo_ws.run(Flask("late"), port=0)
+"""
+
+
+def test_patching_after_importing_flask_is_reported_with_what_to_do() -> None:
+    with ServerProcess("-c", LATE_PATCH) as late, closing_server() as early:
+        for server in (late, early):
+            server.wait_serving()
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=10) == 0
+    late_text, early_text = ("\n".join(server.stderr.finish()) for server in (late, early))
+    assert "monkey-patched too late" in late_text and "werkzeug" in late_text, late_text
+    assert "from gevent import monkey\n    monkey.patch_all()" in late_text
+    assert "Exception ignored" not in late_text and "Traceback" not in late_text, late_text
+    # `geo-ws run` patches first: nothing to report.
+    assert "too late" not in early_text and "Exception ignored" not in early_text, early_text
