@@ -19,7 +19,6 @@ __all__ = [
     "access_log_enabled",
     "access_response",
     "base_environ",
-    "servers_of",
     "ssl_context",
 ]
 
@@ -30,11 +29,7 @@ def access_log_enabled(log: Any) -> bool:
     return bool(getattr(log, "access_log_enabled", True))
 
 
-def access_response(status: str, length: int) -> Any:
-    """The response object gunicorn's ``Logger.access`` reads status and length from."""
-    return GeventResponse(status, [], length)
-
-
-def servers_of(worker: GeventWorker) -> list[Any]:
-    """The servers a gevent worker runs (its private ``_servers``), once it runs them."""
-    return list(getattr(worker, "_servers", ()))
+def access_response(status: str, headers: list[tuple[str, str]], length: int) -> Any:
+    """The response object gunicorn's ``Logger.access`` reads status, headers and length
+    from (gunicorn's gevent worker builds one per request)."""
+    return GeventResponse(status, headers, length)

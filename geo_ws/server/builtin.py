@@ -28,9 +28,16 @@ from urllib.parse import unquote_to_bytes
 import gevent
 from gevent.event import Event
 from gevent.monkey import get_original, is_module_patched, is_object_patched
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from .._compat.gevent import read_watcher
+from .._compat.pywsgi import (
+    HandlerHooks,
+    handle_accepted,
+    no_request_body_left,
+    use_pool_capacity_as_given,
+)
 from ..exceptions import HandshakeError
 from ..io.connection import is_tls, workers
 from ..io.options import Options
@@ -302,7 +309,7 @@ class _AccessLog:
             pass  # a closed or broken stderr must not stop the server
 
 
-class Handler(WSGIHandler):
+class Handler(HandlerHooks):
     """gevent's WSGI handler, able to hand its socket over to a WebSocket.
 
     It also bounds what a request head may cost: ``handshake_timeout`` seconds
@@ -351,12 +358,12 @@ class Handler(WSGIHandler):
         _check_framing(headers, self.request_version or "")
         return headers
 
-    def _handle_client_error(self, ex: BaseException) -> Any:
-        if isinstance(ex, _BadHead):
+    def client_error_response(self, error: BaseException) -> tuple[str, bytes] | None:
+        """Answer a head refused by geo_ws's own checks; pywsgi answers the rest."""
+        if isinstance(error, _BadHead):
             self.close_connection = True
-            return (ex.status, ex.response)
-        # gevent's hook for bad requests, not in its type stubs.
-        return super()._handle_client_error(ex)  # type: ignore[misc]
+            return (error.status, error.response)
+        return None
 
     def log_request(self) -> None:
         status = self.status or "000"
@@ -404,9 +411,7 @@ class Handler(WSGIHandler):
         finally:
             sock.settimeout(None)
         rfile.close()
-        if self.wsgi_input is not None:  # nothing left for pywsgi to discard
-            self.wsgi_input.content_length = 0
-            self.wsgi_input.chunked_input = False
+        no_request_body_left(self)
         return sock, _recv_after(buffered, sock), server.connections
 
     def read_requestline(self) -> str:
@@ -653,7 +658,7 @@ class Server(WSGIServer):
         kwargs.setdefault("handler_class", Handler)
         super().__init__(listener, application, **kwargs)
         # gevent's stand-in, the pool's full(), would leave parked WebSockets out.
-        self.__dict__.pop("full", None)
+        use_pool_capacity_as_given(self)
         # Where the quick path logs requests: nowhere with log=None (pywsgi would make it a
         # sink, and each line would still be formatted).
         self._access_log: Any = None
@@ -896,11 +901,12 @@ class Server(WSGIServer):
             super().do_handle(*args)
             return
         sock: Any = args[0]
-        loop = sock._read_event.loop
+        watcher = read_watcher(sock)
+        loop = watcher.loop
         timer = loop.timer(self.handshake_timeout)
         self._first_bytes[sock] = timer
         self._accepted[sock] = loop.now()
-        sock._read_event.start(self._first_bytes_came, args)
+        watcher.start(self._first_bytes_came, args)
         timer.start(self._no_first_bytes, args)
 
     def _first_bytes_came(self, args: tuple[Any, ...]) -> None:
@@ -913,7 +919,7 @@ class Server(WSGIServer):
 
     def _stop_waiting(self, sock: Any) -> None:
         self._first_bytes.pop(sock).close()
-        sock._read_event.stop()
+        read_watcher(sock).stop()
 
     def _drop_waiting(self) -> None:
         """Close the connections whose first bytes have not come."""
@@ -926,7 +932,7 @@ class Server(WSGIServer):
         self._busy.add(me)
         self._none_busy.clear()
         try:
-            cast(Any, self)._handle(*args)  # handle(), or its TLS wrapper
+            handle_accepted(self, *args)
         finally:
             self.do_close(*args)
             self._busy.discard(me)

@@ -12,10 +12,16 @@ from typing import Any
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
-from gunicorn.http.wsgi import base_environ
-from gunicorn.sock import ssl_context
-from gunicorn.workers.ggevent import VERSION, GeventResponse, GeventWorker, PyWSGIHandler
 
+from .._compat.gunicorn import (
+    VERSION,
+    GeventWorker,
+    PyWSGIHandler,
+    access_log_enabled,
+    access_response,
+    base_environ,
+    ssl_context,
+)
 from ..delivery.broker import flush_all
 from .builtin import Handler, Server, _log_safe, _QuickHandshake, settle_process
 
@@ -33,8 +39,8 @@ def _log_access(
 
     gunicorn escapes only double quotes: a CR or LF in a header would start a forged line.
     """
-    if not getattr(log, "access_log_enabled", True):
-        return  # gunicorn's own check (gunicorn 26 on), before the arguments are made
+    if not access_log_enabled(log):
+        return  # before the arguments are made
     safe = {
         key: _log_safe(value) if isinstance(value, str) else value for key, value in environ.items()
     }
@@ -42,7 +48,7 @@ def _log_access(
     request_headers = [
         (key[5:].replace("_", "-"), value) for key, value in safe.items() if key.startswith("HTTP_")
     ]
-    response = GeventResponse(status, headers, length)
+    response = access_response(status, headers, length)
     log.access(response, request_headers, safe, timedelta(seconds=time.time() - started))
 
 
@@ -91,7 +97,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
 
     wsgi_handler = _Handler
 
-    _servers: list[Server]
+    _serving: list[Server]
     _stopping: Event | None = None
 
     def init_process(self) -> None:
@@ -110,7 +116,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
         """Serve until told to stop, then close every WebSocket with 1001."""
         settle_process()  # the app is loaded: what exists now lives as long as the worker
         self._stopping = Event()
-        self._servers = []
+        self._serving = []
         ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
         for listener in self.sockets:
             listener.setblocking(1)
@@ -131,7 +137,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
                 # Accept one connection per wake-up, so that the workers share them.
                 server.max_accept = 1
             server.start()
-            self._servers.append(server)
+            self._serving.append(server)
             self.log.info("geo_ws serving on %s (worker pid %s)", _url(listener), self.pid)
         while self.alive:
             self.notify()
@@ -155,13 +161,13 @@ class Worker(GeventWorker):  # type: ignore[misc]
         # The master takes a worker that stops reporting for a hung one.
         notifier = gevent.spawn(self._keep_notifying)
         try:
-            count = sum(len(server.connections) for server in self._servers)
+            count = sum(len(server.connections) for server in self._serving)
             self.log.info(
                 "geo_ws worker %s shutting down: closing %d WebSocket(s)", self.pid, count
             )
             timeout = max(0.1, self.cfg.graceful_timeout - MARGIN)
             gevent.joinall(
-                [gevent.spawn(server.shutdown, timeout) for server in self._servers],
+                [gevent.spawn(server.shutdown, timeout) for server in self._serving],
                 timeout=timeout + 1,
             )
             # Close handlers may have broadcast (a chat's "left"): publish before exiting.
@@ -182,7 +188,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
         super().handle_quit(sig, frame)
 
     def _close_all(self) -> None:
-        for server in getattr(self, "_servers", ()):
+        for server in getattr(self, "_serving", ()):
             for connection in list(server.connections):
                 connection.request_close(1001, "server shutting down")
 

@@ -24,8 +24,8 @@ SOURCES = sorted(
 )
 #: Internals without an underscore that no library documents (named in the review).
 UNDOCUMENTED = re.compile(
-    r"\b(ggevent|GeventResponse|PyWSGIHandler|wsgi_input|headers_sent|access_log_enabled"
-    r"|_got_first_request|request_ctx|RequestContext\(|url_adapter)\b"
+    r"\b(ggevent|GeventResponse|wsgi_input|headers_sent|_got_first_request|request_ctx"
+    r"|RequestContext\(|url_adapter)\b|[\"']access_log_enabled[\"']"
 )
 
 
@@ -39,9 +39,7 @@ def _private(name: str) -> bool:
 
 #: Private names of those packages that geo_ws also uses for its own members: on another
 #: object than ``self`` they are the foreign ones (``sock._wait`` is gevent's).
-SHARED_NAMES = frozenset(
-    ("_wait", "_handle", "_read_event", "_write_event", "_servers", "_get_current_object")
-)
+SHARED_NAMES = frozenset(("_wait", "_handle", "_read_event", "_write_event", "_get_current_object"))
 
 
 def _own_names() -> set[str]:
