@@ -128,3 +128,16 @@ class RawClient:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+def http_get(address: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET ``path`` on ``address``: the status and the body, error statuses included."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{address}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=WAIT) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
