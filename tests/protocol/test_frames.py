@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import array
 import os
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -27,6 +24,7 @@ from geo_ws.protocol.frames import (
 from geo_ws.protocol.machine import Message, Ping, Protocol
 
 from ..helpers import MASK, QUICK
+from ..live_apps.process import run_python
 
 #: One payload length per length class: 7-bit (0, 125), 16-bit (126, 65535), 64-bit (65536).
 LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
@@ -261,11 +259,7 @@ class TestMasking:
             "assert machine.apply_mask is frames._apply_mask_python\n"
             "assert frames.apply_mask(frames.apply_mask(b'hello', b'abcd'), b'abcd') == b'hello'\n"
         )
-        root = Path(__file__).resolve().parents[2]
-        env = {**os.environ, "PYTHONPATH": str(root)}
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
-        )
+        result = run_python("-c", code)
         assert result.returncode == 0, result.stderr
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +28,7 @@ from geo_ws.protocol.machine import (
 )
 
 from ..helpers import MASK, QUICK
+from ..live_apps.process import run_python
 
 #: Byte by byte is slow: fewer examples.
 QUICK_BYTEWISE = settings(QUICK, max_examples=30)
@@ -107,11 +105,7 @@ class TestSansIO:
             "banned = ('gevent', 'socket', '_socket', 'flask', 'werkzeug', 'selectors')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in banned))\n"
         )
-        root = Path(__file__).resolve().parents[2]
-        env = {**os.environ, "PYTHONPATH": str(root)}
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
-        )
+        result = run_python("-c", code)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "[]"
 
