@@ -16,7 +16,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python -m pip install -q -e '.[test]'
+python -m pip install -q -e '.[test]' -r requirements/test.txt -r requirements/tools.txt
 # Style and types first: they take seconds and fail with the clearest messages.
 python -m ruff check geo_ws tests examples scripts
 python -m ruff format --check geo_ws tests examples scripts
