@@ -12,12 +12,24 @@
 # (default: a temp dir). A case may take AB_CASE_TIMEOUT seconds (default here 300: the
 # 128 KiB compressed cases take up to a minute on a busy 2-core machine).
 #
-# Needs a Python with geo_ws installed: GEO_WS_PYTHON, else the newest set's venv that
+# Needs the shared tools beside the checkout (../shared/autobahn, or AUTOBAHN=DIR), and
+# a Python with geo_ws installed: GEO_WS_PYTHON, else the newest set's venv that
 # scripts/test.sh builds (.venvs/newest), else python on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 AUTOBAHN="${AUTOBAHN:-../shared/autobahn}"
+if [ ! -f "$AUTOBAHN/run.sh" ]; then
+    cat >&2 <<EOF
+scripts/conformance.sh: no Autobahn|Testsuite runner at $AUTOBAHN/run.sh.
+It is one of the project's shared tools (shared/autobahn: run.sh, setup.sh and the
+Python 3 port of the testsuite), which lie beside the checkout as ../shared. Put a copy
+of the shared folder next to this repository, or point AUTOBAHN at its autobahn folder:
+    AUTOBAHN=/path/to/shared/autobahn bash scripts/conformance.sh
+(On first use its setup.sh installs the testsuite from PyPI into a venv under /tmp.)
+EOF
+    exit 1
+fi
 if [ -z "${GEO_WS_PYTHON:-}" ]; then
     GEO_WS_PYTHON=python
     if [ -x .venvs/newest/bin/python ]; then
