@@ -8,6 +8,8 @@ import re
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gevent
 import pytest
@@ -16,8 +18,9 @@ from gevent.pool import Pool
 from geo_ws.protocol.frames import Opcode, encode_frame
 from geo_ws.protocol.machine import Message, Protocol
 
-from .helpers import WAIT, RawClient
+from .helpers import MASK, WAIT, RawClient
 from .live_apps.process import ServerProcess
+from .server.test_gunicorn import gunicorn
 
 RECEIVERS = 1000
 #: A million deliveries by default, about 10 s here; GEO_WS_STRESS_MESSAGES=10000 runs
@@ -140,3 +143,68 @@ def test_5000_idle_connections_and_100_half_open_handshakes_do_not_stall_a_clien
         assert worst < 1.0, worst
         for sock in [*idle, *half_open]:
             sock.close()
+
+
+@contextmanager
+def stress_server(kind: str) -> Iterator[tuple[ServerProcess, int]]:
+    """The stress app on the built-in server or under gunicorn's geo_ws worker, whose
+    arbiter kills a worker that blocks its event loop for 10 s."""
+    if kind == "builtin":
+        with ServerProcess(
+            "-m", "geo_ws", "run", "tests.live_apps.stress:app", "--port", "0"
+        ) as server:
+            yield server, server.wait_serving()[1]
+    else:
+        app = "tests.live_apps.stress:app"
+        with gunicorn(app, "--timeout", "10") as (server, address):
+            yield server, int(address.rsplit(":", 1)[1])
+
+
+#: One round of a flood of small legal frames that ask for nothing back but pongs: tiny
+#: messages, pings, and a message of zero-length fragments.
+FLOOD = b"".join(
+    [
+        encode_frame(Opcode.TEXT, b"x", mask=MASK) * 50_000,
+        encode_frame(Opcode.PING, b"p", mask=MASK) * 50_000,
+        encode_frame(Opcode.TEXT, b"", fin=False, mask=MASK),
+        encode_frame(Opcode.CONT, b"", fin=False, mask=MASK) * 50_000,
+        encode_frame(Opcode.CONT, b"", mask=MASK),
+    ]
+)
+
+
+def flood(sock: socket.socket, seconds: float) -> int:
+    """Send FLOOD again and again for ``seconds``, reading nothing; return the bytes sent."""
+    # Big frames first: read fast, they make TCP grow the server's receive buffer, so
+    # that every read of the flood then fills the reader's buffer.
+    big = encode_frame(Opcode.BINARY, bytes(60_000), mask=MASK) * 100
+    for _ in range(20):
+        sock.sendall(big)
+    sent = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sock.sendall(FLOOD)
+        sent += len(FLOOD)
+    return sent
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["builtin", "gunicorn"])
+def test_a_client_flooding_small_frames_does_not_starve_the_others(kind: str) -> None:
+    with stress_server(kind) as (server, port):
+        client = RawClient(f"127.0.0.1:{port}", "/echo")
+        flooder = gevent.spawn(flood, handshake(port, "/sink"), 5.0)
+        gevent.sleep(0.5)  # past the big frames
+        round_trips = []
+        while not flooder.ready():
+            started = time.monotonic()
+            client.send_text("echo")
+            assert client.recv(timeout=30) == "echo"
+            round_trips.append(time.monotonic() - started)
+            gevent.sleep(0.05)
+        sent = flooder.get()
+        worst = max(round_trips)
+        print(f"{kind}: {sent / 2**20:.0f} MiB of flood; worst echo round trip {worst:.3f} s")
+        # Before the reader took turns: the whole flood (and gunicorn's WORKER TIMEOUT).
+        assert worst < 0.1, round_trips
+        assert "WORKER TIMEOUT" not in "\n".join(server.stderr.lines)

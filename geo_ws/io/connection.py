@@ -10,6 +10,10 @@ Sending never blocks the caller: a frame is written straight into the socket's k
 buffer when it has room and nothing is queued, otherwise it joins a bounded outbox
 drained by one writer greenlet, so frames never interleave and a slow client never
 stalls a broadcast. A client whose outbox overflows is closed with 1008.
+
+Reading takes turns: a reader whose data keeps coming lets every other ready greenlet
+run about every millisecond (:data:`TURN`), so one client's flood of small frames costs
+the others milliseconds, not the flood's length.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +45,13 @@ logger = logging.getLogger("geo_ws")
 
 #: How many bytes one ``recv`` asks for.
 READ_SIZE = 2**17
+#: How long a reader may keep the event loop, in seconds, while more data keeps coming,
+#: before it lets every other ready greenlet run (one client's flood must not starve
+#: the others, nor gunicorn's heartbeat).
+TURN = 0.001
+#: The least the protocol parses at a time, and the most at first (see _read_events).
+MIN_PARSE_SIZE = 2**11
+FIRST_PARSE_SIZE = 2**14
 #: Queued frames are joined into sends of about this size (fewer syscalls).
 BATCH_SIZE = 65536
 
@@ -204,11 +216,14 @@ class Connection:
         "_overflowed",
         "_owner",
         "_parked",
+        "_parse_size",
         "_ping",
         "_reading",
         "_recv",
         "_tcp_closed",
         "_timer",
+        "_turn_end",
+        "_unparsed",
         "_workers",
         "_writer",
         "close_request",
@@ -268,6 +283,9 @@ class Connection:
         self.max_outbox_size = max_outbox_size
         self.close_timeout = close_timeout
         self._events = _NO_EVENTS  # parsed, not yet handled: resumes where it stopped
+        self._unparsed: bytes | memoryview = b""  # read, not yet parsed
+        self._parse_size = FIRST_PARSE_SIZE  # how much of it to parse next
+        self._turn_end = 0.0  # time.perf_counter() by which the reader lets others run
         self._outbox = _NO_OUTBOX
         self._outbox_bytes = 0
         self._writer: Greenlet[Any, None] | None = None
@@ -430,6 +448,7 @@ class Connection:
 
     def _connection_lost(self) -> None:
         self._lost = True
+        self._unparsed = b""
         self._outbox.clear()  # also ends a writer's loop over it
         self._outbox = _NO_OUTBOX
         self._outbox_bytes = 0
@@ -464,6 +483,8 @@ class Connection:
         while True:
             for event in self._events:
                 if type(event) is Message:
+                    if time.perf_counter() > self._turn_end:
+                        self._yield()  # before the handler, which counts in the turn
                     return event.data
                 if type(event) is Ping:
                     self._write(encode_frame(Opcode.PONG, event.payload))
@@ -476,7 +497,7 @@ class Connection:
                     raise ConnectionClosed.for_code(event.code, event.reason)
             if self.close_request is not None:
                 raise Interrupted
-            if not wait and self._drained and self._buffer is not None:
+            if not wait and self._drained and self._buffer is not None and not self._unparsed:
                 return None
             self._events = iter(self._read_events())
 
@@ -512,6 +533,7 @@ class Connection:
         if self._parked is not None:
             self.sock._read_event.stop()  # type: ignore[attr-defined]
             self._drained = False  # or a closing handshake is next: reading waits anyway
+            self._turn_end = time.perf_counter() + TURN
             self._workers.run(self._serve_woken, self._context)  # type: ignore[union-attr]
 
     def _serve_woken(self) -> None:
@@ -526,7 +548,53 @@ class Connection:
                 self._owner = None
 
     def _read_events(self) -> list[Event]:
-        """Read once from the socket (interruptible) and parse what came."""
+        """Parse the next part of what was read, reading once (interruptibly) if need be.
+
+        Lets the other greenlets run first when this turn is over and the data keeps
+        coming; a read after one that emptied the kernel buffer waits anyway.
+        """
+        unparsed = self._unparsed
+        if (unparsed or not self._drained) and time.perf_counter() > self._turn_end:
+            self._yield()
+        if not unparsed:
+            waited = self._drained
+            unparsed = self._read()
+            if not unparsed:
+                self._connection_lost()
+                return self.protocol.receive_eof()
+            if waited:
+                self._turn_end = time.perf_counter() + TURN
+        size = self._parse_size
+        if len(unparsed) < size:
+            self._unparsed = b""
+            return self.protocol.receive_data(unparsed)
+        # Parse a part sized to take about a quarter of a turn: tiny frames cost
+        # microseconds each, and a whole read of them would keep the loop for tens of
+        # milliseconds, while big frames are parsed a whole read at a time.
+        self._unparsed = memoryview(unparsed)[size:]
+        started = time.perf_counter()
+        events = self.protocol.receive_data(unparsed[:size])
+        spent = time.perf_counter() - started
+        fitting = int(size * TURN / 4 / spent) if spent > 0 else READ_SIZE
+        self._parse_size = min(READ_SIZE, max(MIN_PARSE_SIZE, fitting))
+        return events
+
+    def _yield(self) -> None:
+        """Let every other ready greenlet run, including those waiting for their sockets.
+
+        ``gevent.sleep(0)`` would not do: the loop may run such callbacks again and again
+        before it polls for I/O. A timer due at once fires after the next poll.
+        """
+        hub = gevent.get_hub()
+        timer = hub.loop.timer(0)
+        try:
+            hub.wait(timer)
+        finally:
+            timer.close()
+        self._turn_end = time.perf_counter() + TURN
+
+    def _read(self) -> bytes:
+        """Read once from the socket (interruptible); empty at EOF or on error."""
         self._reading = gevent.getcurrent()
         try:
             buffer = self._buffer
@@ -545,10 +613,7 @@ class Connection:
         finally:
             self._reading = None
         self._drained = len(data) < READ_SIZE
-        if not data:
-            self._connection_lost()
-            return self.protocol.receive_eof()
-        return self.protocol.receive_data(data)
+        return data
 
     @property
     def echo_code(self) -> int | None:

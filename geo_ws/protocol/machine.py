@@ -266,13 +266,14 @@ class Protocol:
 
     # --- input ----------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Parse bytes received from the peer.
 
         Bytes may be split anywhere: the events are the same whatever the chunking.
 
         Args:
-            data: bytes read from the network, possibly empty.
+            data: bytes read from the network, possibly empty (any bytes-like object;
+                ``bytes`` avoids a copy).
 
         Returns:
             The events these bytes complete, in wire order. A protocol error ends the list with

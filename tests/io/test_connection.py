@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import gevent
@@ -16,7 +17,7 @@ from geo_ws.protocol.frames import Opcode, encode_close, encode_frame
 from geo_ws.protocol.machine import Close, Event, Message, Pong, Protocol
 from geo_ws.protocol.outgoing import Outgoing
 
-from ..helpers import WAIT
+from ..helpers import MASK, WAIT
 
 
 class Peer:
@@ -213,3 +214,48 @@ def test_request_close_wakes_a_parked_connection(pair: tuple[Connection, Peer]) 
     connection.park(serve)
     connection.request_close(1001, "going away")
     assert interrupted.get(timeout=WAIT)
+
+
+def opened(opcode: int, frame: bytes) -> bytes:
+    """``frame`` repeated into about 3 MB, inside a message begun with ``opcode``."""
+    count = 3 * 2**20 // len(frame)
+    if opcode == Opcode.CONT:  # fragments: of one message, begun here and ended after
+        begin = encode_frame(Opcode.TEXT, b"", fin=False, mask=MASK)
+        return begin + frame * count + encode_frame(Opcode.CONT, b"", mask=MASK)
+    return frame * count
+
+
+FLOODS = {
+    "tiny messages": opened(Opcode.TEXT, encode_frame(Opcode.TEXT, b"x", mask=MASK)),
+    "pings": opened(Opcode.PING, encode_frame(Opcode.PING, b"p", mask=MASK)),
+    "empty fragments": opened(Opcode.CONT, encode_frame(Opcode.CONT, b"", fin=False, mask=MASK)),
+    "one-byte fragments": opened(
+        Opcode.CONT, encode_frame(Opcode.CONT, b"x", fin=False, mask=MASK)
+    ),
+}
+
+
+@pytest.mark.parametrize("flood", FLOODS.values(), ids=FLOODS.keys())
+def test_a_flood_of_small_frames_lets_other_greenlets_run(
+    pair: tuple[Connection, Peer], flood: bytes
+) -> None:
+    connection, peer = pair
+    # Room for the whole flood in the socket: every read then fills the reader's buffer.
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
+    peer.sock.sendall(flood + encode_frame(Opcode.TEXT, b"the end", mask=MASK))
+    ticks = [time.perf_counter()]
+
+    def tick() -> None:
+        while True:
+            gevent.sleep(0.001)
+            ticks.append(time.perf_counter())
+
+    ticker = gevent.spawn(tick)
+    with gevent.Timeout(30):
+        while connection.receive() != "the end":
+            pass
+    ticks.append(time.perf_counter())
+    ticker.kill()
+    # Without turns, the reader kept the loop for the whole flood (hundreds of ms).
+    longest = max(later - earlier for earlier, later in zip(ticks, ticks[1:], strict=False))
+    assert longest < 0.1, longest

@@ -3,7 +3,8 @@
 ``/room`` broadcasts every message to every client of the room (the sender
 included); ``flood me`` instead sends 4 MiB to its sender alone, more than the kernel
 buffers and the 256 KiB outbox hold for a client that does not read;
-``/echo`` echoes. ``GET /rss`` answers the server's resident memory in KiB.
+``/echo`` echoes; ``/sink`` takes messages and answers nothing. ``GET /rss`` answers
+the server's resident memory in KiB.
 """
 
 from flask import Flask
@@ -14,6 +15,7 @@ from geo_ws.flask.endpoint import WebSocket
 app = Flask(__name__)
 room = WebSocket(app, "/room", max_outbox_size=256 * 1024, close_timeout=2, ping_interval=None)
 echo = WebSocket(app, "/echo")
+sink = WebSocket(app, "/sink")
 
 
 @room.on("message")
@@ -28,6 +30,11 @@ def broadcast(ws: WebSocketConnector, msg: str | bytes) -> None:
 @echo.on("message")
 def echo_message(msg: str | bytes) -> str | bytes:
     return msg
+
+
+@sink.on("message")
+def swallow(msg: str | bytes) -> None:
+    pass
 
 
 @app.get("/rss")
