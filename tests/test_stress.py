@@ -160,7 +160,7 @@ def stress_server(kind: str) -> Iterator[tuple[ServerProcess, int]]:
             yield server, int(address.rsplit(":", 1)[1])
 
 
-#: One round of a flood of small legal frames that ask for nothing back but pongs: tiny
+#: One round of a flood of small legal frames that ask for nothing back but Pongs: tiny
 #: messages, pings, and a message of zero-length fragments.
 FLOOD = b"".join(
     [
@@ -173,8 +173,13 @@ FLOOD = b"".join(
 )
 
 
-def flood(sock: socket.socket, seconds: float) -> int:
-    """Send FLOOD again and again for ``seconds``, reading nothing; return the bytes sent."""
+#: Pings alone, from a client that never reads the Pongs.
+PINGS = encode_frame(Opcode.PING, b"p", mask=MASK) * 150_000
+
+
+def flood(sock: socket.socket, frames: bytes, seconds: float) -> int:
+    """Send ``frames`` again and again for ``seconds``, reading nothing; return the bytes
+    sent."""
     # Big frames first: read fast, they make TCP grow the server's receive buffer, so
     # that every read of the flood then fills the reader's buffer.
     big = encode_frame(Opcode.BINARY, bytes(60_000), mask=MASK) * 100
@@ -183,28 +188,38 @@ def flood(sock: socket.socket, seconds: float) -> int:
     sent = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        sock.sendall(FLOOD)
-        sent += len(FLOOD)
+        sock.sendall(frames)
+        sent += len(frames)
     return sent
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["builtin", "gunicorn"])
-def test_a_client_flooding_small_frames_does_not_starve_the_others(kind: str) -> None:
+def test_clients_flooding_small_frames_do_not_starve_the_others(kind: str) -> None:
     with stress_server(kind) as (server, port):
         client = RawClient(f"127.0.0.1:{port}", "/echo")
-        flooder = gevent.spawn(flood, handshake(port, "/sink"), 5.0)
+        before = rss_kib(port)
+        # They read nothing, and their kernel buffers hold little of what comes back.
+        flooders = [
+            gevent.spawn(flood, handshake(port, "/sink", receive_buffer=4096), frames, 5.0)
+            for frames in (FLOOD, PINGS)
+        ]
         gevent.sleep(0.5)  # past the big frames
         round_trips = []
-        while not flooder.ready():
+        while not all(flooder.ready() for flooder in flooders):
             started = time.monotonic()
             client.send_text("echo")
             assert client.recv(timeout=30) == "echo"
             round_trips.append(time.monotonic() - started)
             gevent.sleep(0.05)
-        sent = flooder.get()
+        sent = sum(flooder.get() for flooder in flooders)
         worst = max(round_trips)
         print(f"{kind}: {sent / 2**20:.0f} MiB of flood; worst echo round trip {worst:.3f} s")
         # Before the reader took turns: the whole flood (and gunicorn's WORKER TIMEOUT).
         assert worst < 0.1, round_trips
         assert "WORKER TIMEOUT" not in "\n".join(server.stderr.lines)
+        # Their pings were answered by one Pong at a time: before, a Pong queued for each
+        # (9-14 MB more here, growing as long as the pings came).
+        grown = rss_kib(port) - before
+        print(f"{kind}: the server grew by {grown} KiB")
+        assert grown < 6 * 1024, grown

@@ -218,6 +218,7 @@ class Connection:
         "_parked",
         "_parse_size",
         "_ping",
+        "_queued_pong",
         "_reading",
         "_recv",
         "_tcp_closed",
@@ -288,6 +289,8 @@ class Connection:
         self._turn_end = 0.0  # time.perf_counter() by which the reader lets others run
         self._outbox = _NO_OUTBOX
         self._outbox_bytes = 0
+        # The last Pong queued: while it waits in the outbox, it answers later pings too.
+        self._queued_pong: bytes | None = None
         self._writer: Greenlet[Any, None] | None = None
         self._flush_pending = False  # waiting for the flusher
         self._flusher = _per_hub("_geo_ws_flusher", lambda hub: _Flusher(hub.loop))
@@ -377,6 +380,23 @@ class Connection:
                 self._flusher.add(self)
             else:
                 self._writer = gevent.spawn(self._drain)
+
+    def _answer(self, ping: bytes) -> None:
+        """Queue the Pong for a Ping, or give its payload to the Pong still queued.
+
+        RFC 6455 section 5.5.3 lets only the most recent ping be answered: a client that
+        pings without reading cannot make the outbox grow.
+        """
+        frame = encode_frame(Opcode.PONG, ping)
+        outbox = self._outbox
+        # Last in the outbox, the Pong is not being written: unless it is also first,
+        # and the writer greenlet is sending it.
+        if outbox and outbox[-1] is self._queued_pong and (len(outbox) > 1 or self._writer is None):
+            self._outbox_bytes += len(frame) - len(outbox[-1])
+            outbox[-1] = frame
+        else:
+            self._write(frame)
+        self._queued_pong = frame
 
     def _flush(self) -> None:
         """Write what is queued in one ``os.write``; leave the rest to the writer greenlet.
@@ -487,7 +507,7 @@ class Connection:
                         self._yield()  # before the handler, which counts in the turn
                     return event.data
                 if type(event) is Ping:
-                    self._write(encode_frame(Opcode.PONG, event.payload))
+                    self._answer(event.payload)
                 elif type(event) is Pong:
                     self._pong(event.payload)
                 elif type(event) is Close or type(event) is Failure:

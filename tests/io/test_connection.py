@@ -12,7 +12,7 @@ import pytest
 from gevent.event import AsyncResult
 
 from geo_ws.exceptions import ConnectionClosed
-from geo_ws.io.connection import Connection, Interrupted
+from geo_ws.io.connection import BATCH_SIZE, Connection, Interrupted
 from geo_ws.protocol.frames import Opcode, encode_close, encode_frame
 from geo_ws.protocol.machine import Close, Event, Message, Pong, Protocol
 from geo_ws.protocol.outgoing import Outgoing
@@ -104,6 +104,24 @@ def test_receive_answers_pings_and_returns_messages(pair: tuple[Connection, Peer
     assert connection.receive() == "héllo"
     assert connection.receive() == b"\x00\xff"
     assert peer.event() == Pong(b"payload")
+
+
+def test_pings_from_a_client_that_does_not_read_get_one_pong_queued(
+    pair: tuple[Connection, Peer],
+) -> None:
+    connection, peer = pair
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
+    pings = [encode_frame(Opcode.PING, b"%d" % n, mask=MASK) for n in range(300_000)]
+    peer.sock.sendall(b"".join(pings) + encode_frame(Opcode.TEXT, b"the end", mask=MASK))
+    with gevent.Timeout(30):
+        assert connection.receive() == "the end"
+    # What the kernel could not take: at most one batch being written, and one Pong.
+    # Before, a Pong for every ping: megabytes, without limit.
+    assert connection._outbox_bytes < BATCH_SIZE + 200, connection._outbox_bytes
+    pongs = []
+    while not pongs or pongs[-1] != Pong(b"299999"):
+        pongs.append(peer.event())
+    assert all(type(pong) is Pong for pong in pongs)  # the last ping answered, last
 
 
 def test_receive_raises_connection_closed_with_the_peer_code(pair: tuple[Connection, Peer]) -> None:
