@@ -166,6 +166,8 @@ _ABNORMAL_CLOSURE = int(CloseCode.ABNORMAL_CLOSURE)
 _INTERNAL_ERROR = int(CloseCode.INTERNAL_ERROR)
 
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+# How many pieces of a message are joined into one part (see Protocol.__init__).
+_JOIN_COUNT = 1024
 
 
 # --- protocol -----------------------------------------------------------------------------------
@@ -203,8 +205,9 @@ class Protocol:
         "_msg_size",
         "_offset",
         "_remaining",
-        "_rest",
         "_parts",
+        "_pieces",
+        "_rest",
         "allowed_rsv_bits",
         "close_received",
         "close_sent",
@@ -259,7 +262,12 @@ class Protocol:
         # The message being reassembled from several frames or chunks.
         self._msg_opcode = _CONT  # _TEXT or _BINARY while a message is in progress
         self._msg_size = 0  # announced so far, to enforce max_message_size from headers
-        self._parts: list[Any] = []  # str for a text message, bytes for a binary one
+        # Its content so far (str for a text message, bytes for a binary one): the pieces
+        # received since the last _JOIN_COUNT, and those joined in parts of _JOIN_COUNT.
+        # An object per fragment would cost far more than tiny fragments' bytes (36 times
+        # a message sent 2 bytes at a time).
+        self._parts: list[Any] = []
+        self._pieces: list[Any] = []
         # Decoding as bytes arrive finds invalid UTF-8 early, and each byte is decoded once.
         # Created on first use: an idle connection should cost little.
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -589,7 +597,7 @@ class Protocol:
             except UnicodeDecodeError:
                 raise InvalidUTF8("invalid UTF-8 in text message") from None
             if text:
-                self._parts.append(text)
+                self._store(text)
             if data[-1] >= 0x80:
                 # CPython's decoder only rejects a surrogate (ED A0-BF) at its third byte;
                 # no completion of those two bytes is valid UTF-8, so fail now.
@@ -597,7 +605,16 @@ class Protocol:
                 if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
                     raise InvalidUTF8("invalid UTF-8 in text message")
         else:
-            self._parts.append(bytes(data))
+            self._store(bytes(data))
+
+    def _store(self, piece: str | bytes) -> None:
+        """Add a piece to the message in progress, joining pieces by _JOIN_COUNT."""
+        pieces = self._pieces
+        pieces.append(piece)
+        if len(pieces) == _JOIN_COUNT:
+            joiner = "" if self._msg_opcode == _TEXT else b""
+            self._parts.append(joiner.join(pieces))
+            pieces.clear()
 
     def _finish(self) -> Message:
         """Assemble the message whose last frame was just received.
@@ -610,6 +627,8 @@ class Protocol:
             self._consume(self._inflate(b"", final=True))
             self._compressed = False
         parts = self._parts
+        parts += self._pieces
+        self._pieces.clear()
         if self._msg_opcode == _TEXT:
             try:
                 tail = self._decoder.decode(b"", True) if self._decoder is not None else ""
@@ -633,5 +652,6 @@ class Protocol:
         self._rest = b""
         # Drop the partial message: nothing will complete it.
         self._parts.clear()
+        self._pieces.clear()
         if self.state is OPEN:
             self.state = CLOSING

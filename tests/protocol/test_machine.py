@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
+import sys
+import types
 import zlib
 
 import pytest
@@ -396,9 +399,36 @@ class TestMemoryBounds:
             protocol.receive_data(raw[start:end])
             assert len(protocol._rest) <= 14 + 125
             held = sum(
-                len(part.encode() if isinstance(part, str) else part) for part in protocol._parts
+                len(part.encode() if isinstance(part, str) else part)
+                for part in [*protocol._parts, *protocol._pieces]
             )
             assert held <= limit
+
+    @pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY], ids=["text", "binary"])
+    def test_a_message_in_tiny_fragments_costs_little_more_than_its_bytes(
+        self, opcode: Opcode
+    ) -> None:
+        protocol = Protocol()  # max_message_size: 1 MiB
+        burst = frame(Opcode.CONT, b"xy", fin=False) * 2**15  # 64 KiB of message
+        protocol.receive_data(frame(opcode, b"", fin=False))
+        for _ in range(15):  # all but the last 64 KiB, and no end
+            assert protocol.receive_data(burst) == []
+        # Before: an object per fragment, 20-30 MB (a million fragments: 36 MB).
+        assert deep_size(protocol) < 4 * 2**20
+
+
+def deep_size(root: object) -> int:
+    """The bytes of ``root`` and of every object it holds, classes and modules aside."""
+    seen: set[int] = set()
+    todo, total = [root], 0
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        todo += gc.get_referents(obj)
+    return total
 
 
 class TestFragmentation:
