@@ -27,10 +27,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import gevent
 from gevent import Greenlet
+from gevent.monkey import get_original
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from ..exceptions import ConnectionClosed
@@ -56,6 +58,9 @@ FIRST_PARSE_SIZE = 2**14
 BATCH_SIZE = 65536
 
 
+# The OS thread's id, not the greenlet's that monkey-patching makes of it.
+_thread_id: Callable[[], int] = get_original("_thread", "get_ident")
+
 # Shared by connections that have never sent anything (idle ones): a deque costs over
 # 600 bytes. Never appended to: _write swaps in a connection's own, kept from then on
 # (one per burst would be garbage to collect, thousands per broadcast).
@@ -70,12 +75,19 @@ class _Flusher:
     thousands then allocates nothing per receiver.
     """
 
-    __slots__ = ("_loop", "_pending", "_scheduled")
+    __slots__ = ("_loop", "_pending", "_scheduled", "thread")
 
     def __init__(self, loop: Any) -> None:
         self._loop = loop
         self._pending: list[Connection] = []
         self._scheduled = False
+        self.thread = _thread_id()
+        """The OS thread of the event loop (made by _per_hub, in that thread)."""
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> None:
+        """Have the event loop call ``callback(*args)`` soon, from any OS thread: it is
+        woken (it may be waiting for I/O), unlike with ``run_callback``."""
+        self._loop.run_callback_threadsafe(callback, *args)
 
     def add(self, connection: Connection) -> None:
         self._pending.append(connection)
@@ -337,6 +349,9 @@ class Connection:
     def send(self, data: str | bytes | bytearray | memoryview) -> bool:
         """Send one message: ``str`` as text, anything bytes-like as binary.
 
+        Any greenlet may send, and any OS thread: from another thread than the event
+        loop's, the message is handed to the loop, which is woken to send it at once.
+
         Returns:
             ``False`` when the connection can no longer carry it (then nothing is sent).
 
@@ -353,6 +368,11 @@ class Connection:
         """
         if not self.can_send:
             return False
+        if _thread_id() != self._flusher.thread:
+            # Another OS thread (a C library's callback, run_blocking): the connection
+            # is the event loop's to touch. (Whether it can carry it, as of now.)
+            self._flusher.call_soon(self.send_outgoing, message)
+            return True
         frame = message.frame_for(self.deflate)
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
             self._overflow()
@@ -698,7 +718,7 @@ class Connection:
     # -- closing -----------------------------------------------------------------------
 
     def request_close(self, code: int, reason: str = "", *, error: bool = False) -> None:
-        """Ask the owning greenlet to close the connection, from any greenlet.
+        """Ask the owning greenlet to close the connection, from any greenlet or thread.
 
         The first request wins. If the owner is waiting for data (or the connection is
         parked) it is interrupted at once; if it is busy (running a handler) it closes
@@ -711,6 +731,9 @@ class Connection:
             raise ValueError(
                 f"close code {code} may not be sent: use 1000-1003, 1007-1014 or 3000-4999"
             )
+        if _thread_id() != self._flusher.thread:
+            self._flusher.call_soon(partial(self.request_close, code, reason, error=error))
+            return
         if self.close_request is not None:
             return
         self.close_request = (code, reason, error)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import gevent
 import pytest
 from gevent.event import AsyncResult
+from gevent.monkey import get_original
 
 from geo_ws.exceptions import ConnectionClosed
 from geo_ws.io.connection import BATCH_SIZE, Connection, Interrupted
@@ -88,6 +89,34 @@ def test_overflowing_the_outbox_requests_a_1008_close(pair: tuple[Connection, Pe
     assert connection.close_request[0] == 1008
     assert not connection.can_send
     assert not connection.send("refused after the overflow")
+
+
+def test_a_send_from_another_os_thread_leaves_at_once(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    # A real thread (a C library's callback thread, say), which goes on running.
+    start_thread = get_original("_thread", "start_new_thread")
+    finished = get_original("_thread", "allocate_lock")()
+    finished.acquire()
+    sent: list[bool] = []
+
+    def native() -> None:
+        sent.append(connection.send("from a thread"))
+        connection.request_close(4000, "from a thread too")
+        finished.acquire(timeout=WAIT)
+
+    started = time.perf_counter()
+    start_thread(native, ())
+    try:
+        # Before, it left when something else woke the loop: here peer.event's timeout.
+        assert peer.event() == Message("from a thread")
+        assert time.perf_counter() - started < 1
+        assert sent == [True]
+        with gevent.Timeout(1):
+            while connection.close_request is None:
+                gevent.sleep(0.01)
+        assert connection.close_request == (4000, "from a thread too", False)
+    finally:
+        finished.release()
 
 
 def test_send_rejects_other_types(pair: tuple[Connection, Peer]) -> None:
