@@ -375,7 +375,7 @@ class Connection:
             return True
         frame = message.frame_for(self.deflate)
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
-            self._overflow()
+            self._overflow(len(frame))
             return False
         self._write(frame)
         return True
@@ -473,11 +473,14 @@ class Connection:
         finally:
             self._writer = None
 
-    def _overflow(self) -> None:
-        """The client does not read fast enough: drop what waits and close with 1008."""
+    def _overflow(self, adding: int) -> None:
+        """The client does not read fast enough to take ``adding`` more bytes: drop what
+        waits and close with 1008."""
         logger.warning(
-            "closing a client that does not read: %d bytes waiting exceed max_outbox_size=%d",
+            "closing a client that does not read: %d bytes waiting + %d to add exceed "
+            "max_outbox_size=%d",
             self._outbox_bytes,
+            adding,
             self.max_outbox_size,
         )
         self._overflowed = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -80,7 +81,9 @@ def test_what_the_kernel_cannot_take_waits_in_order(pair: tuple[Connection, Peer
     assert [peer.event() for _ in messages] == [Message(message) for message in messages]
 
 
-def test_overflowing_the_outbox_requests_a_1008_close(pair: tuple[Connection, Peer]) -> None:
+def test_overflowing_the_outbox_requests_a_1008_close(
+    pair: tuple[Connection, Peer], caplog: pytest.LogCaptureFixture
+) -> None:
     connection, _ = pair
     connection.max_outbox_size = 500_000
     sent = [connection.send(b"x" * 300_000) for _ in range(5)]
@@ -89,6 +92,13 @@ def test_overflowing_the_outbox_requests_a_1008_close(pair: tuple[Connection, Pe
     assert connection.close_request[0] == 1008
     assert not connection.can_send
     assert not connection.send("refused after the overflow")
+    # What waited, and what would have been added: together over the limit.
+    (warning,) = caplog.messages
+    waiting, adding, limit = map(int, re.findall(r"\d+", warning))
+    assert waiting < limit < waiting + adding and adding == len(Outgoing(b"x" * 300_000).frame)
+    assert warning.endswith(
+        f"{waiting} bytes waiting + {adding} to add exceed max_outbox_size={limit}"
+    )
 
 
 def test_a_send_from_another_os_thread_leaves_at_once(pair: tuple[Connection, Peer]) -> None:
