@@ -376,6 +376,9 @@ class ClientConnection:
                 hub.wait(watcher)
                 return
             # One waiter for the socket and a timer: cheaper than a gevent.Timeout.
+            # The timer counts from the loop's clock, which stands still while nothing
+            # runs the loop (blocking code in an unpatched script): bring it up to now.
+            hub.loop.update_now()
             timer = hub.loop.timer(max(0.0, deadline - monotonic()))
             waiter: Waiter[object] = Waiter(hub)
             watcher.start(waiter.switch, None)

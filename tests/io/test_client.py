@@ -33,6 +33,7 @@ from geo_ws.exceptions import (
 from geo_ws.protocol.frames import Opcode, encode_frame
 from geo_ws.protocol.machine import Close, Message, Ping, Protocol
 from tests.helpers import WAIT
+from tests.live_apps.process import run_python
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -149,6 +150,29 @@ def test_recv_timeout_leaves_the_connection_usable(client: ClientConnection) -> 
         client.recv(timeout=0.05)
     client.send("still there")
     assert client.recv(timeout=WAIT) == "still there"
+
+
+def test_recv_timeout_counts_from_the_call_after_blocking_code_unpatched(address: str) -> None:
+    # The quickstart: the client works in any script, patched or not.
+    script = f"""if True:
+        import time
+        from geo_ws.client import connect
+        client = connect("ws://{address}/echo")
+        client.send("hi")
+        time.sleep(1)  # unpatched: gevent's loop does not run, nor see the time pass
+        print(client.recv(timeout=1))  # the echo is waiting
+        time.sleep(1)
+        started = time.monotonic()
+        try:
+            client.recv(timeout=0.5)
+        except TimeoutError:
+            print(f"timed out after {{time.monotonic() - started:.1f}} s")
+        client.close()
+    """
+    result = run_python("-c", script)
+    assert result.returncode == 0, result.stderr
+    # Before, both timed out at once: the loop's clock was a second behind.
+    assert result.stdout.splitlines() == ["hi", "timed out after 0.5 s"]
 
 
 def test_ping_returns_the_round_trip(client: ClientConnection) -> None:
