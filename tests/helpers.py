@@ -11,7 +11,7 @@ import websocket
 from hypothesis import settings
 
 from geo_ws.protocol.frames import Opcode, encode_close, encode_frame
-from geo_ws.protocol.machine import Close, Event, Message, Protocol
+from geo_ws.protocol.machine import Close, Event, Message, Ping, Protocol
 
 #: The longest any single wait of a test may take, in seconds.
 WAIT = 5.0
@@ -104,9 +104,12 @@ class RawClient:
                 )
         return self._events.pop(0)
 
-    def recv(self, timeout: float = WAIT) -> str | bytes:
-        """Return the next message; fails the test on anything else."""
+    def recv(self, timeout: float = WAIT, *, skip_pings: bool = False) -> str | bytes:
+        """Return the next message; fails the test on anything else (but the server's
+        keepalive pings with ``skip_pings``, for clients that live long)."""
         event = self.recv_event(timeout)
+        while skip_pings and isinstance(event, Ping):
+            event = self.recv_event(timeout)
         assert isinstance(event, Message), event
         return event.data
 

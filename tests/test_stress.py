@@ -209,7 +209,8 @@ def test_clients_flooding_small_frames_do_not_starve_the_others(kind: str) -> No
         while not all(flooder.ready() for flooder in flooders):
             started = time.monotonic()
             client.send_text("echo")
-            assert client.recv(timeout=30) == "echo"
+            # A loaded machine can make this outlast the keepalive interval.
+            assert client.recv(timeout=30, skip_pings=True) == "echo"
             round_trips.append(time.monotonic() - started)
             gevent.sleep(0.05)
         sent = sum(flooder.get() for flooder in flooders)
