@@ -29,12 +29,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 import gevent
 from gevent import Greenlet
 from gevent.monkey import get_original
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from .._compat.gevent import read_watcher, wait_readable
 from ..exceptions import ConnectionClosed
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
@@ -155,19 +157,25 @@ class Workers:
 T = TypeVar("T")
 
 
-def _per_hub(attribute: str, make: Callable[[Any], T]) -> T:
-    """``make(hub)`` once per hub (one per thread), kept on the hub: it goes with it."""
+#: What geo_ws keeps per hub (one per thread), gone with its hub.
+_PER_HUB: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
+
+
+def _per_hub(name: str, make: Callable[[Any], T]) -> T:
+    """``make(hub)`` once per hub, for this thread's hub."""
     hub: Any = gevent.get_hub()
-    value: T | None = getattr(hub, attribute, None)
+    values = _PER_HUB.get(hub)
+    if values is None:
+        values = _PER_HUB[hub] = {}
+    value: T | None = values.get(name)
     if value is None:
-        value = make(hub)
-        setattr(hub, attribute, value)
+        value = values[name] = make(hub)
     return value
 
 
 def workers() -> Workers:
     """The :class:`Workers` of this thread's event loop."""
-    return _per_hub("_geo_ws_workers", Workers)
+    return _per_hub("workers", Workers)
 
 
 def _read_buffer(hub: Any) -> memoryview:
@@ -237,6 +245,7 @@ class Connection:
         "_timer",
         "_turn_end",
         "_unparsed",
+        "_watcher",
         "_workers",
         "_writer",
         "close_request",
@@ -283,13 +292,9 @@ class Connection:
         # Such a socket is also read into the hub's buffer (see _read_events), and only
         # such a connection can park: its buffer says which it is.
         self._drained = True
-        plain = (
-            self._direct
-            and self._recv == sock.recv
-            and hasattr(sock, "_wait")
-            and getattr(sock, "_read_event", None) is not None
-        )
-        self._buffer = _per_hub("_geo_ws_read_buffer", _read_buffer) if plain else None
+        watcher = read_watcher(sock) if self._direct and self._recv == sock.recv else None
+        self._watcher: Any = watcher  # None: a connection that cannot park
+        self._buffer = None if watcher is None else _per_hub("read buffer", _read_buffer)
         self.protocol = Protocol(max_message_size=max_message_size, deflate=deflate)
         self.deflate = deflate
         """The permessage-deflate state negotiated in the handshake, if any."""
@@ -305,7 +310,7 @@ class Connection:
         self._queued_pong: bytes | None = None
         self._writer: Greenlet[Any, None] | None = None
         self._flush_pending = False  # waiting for the flusher
-        self._flusher = _per_hub("_geo_ws_flusher", lambda hub: _Flusher(hub.loop))
+        self._flusher = _per_hub("flusher", lambda hub: _Flusher(hub.loop))
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._parked: Callable[[], None] | None = None  # what serves it once it wakes
         self._owner: greenlet | None = None  # the worker serving it since it woke up
@@ -561,8 +566,7 @@ class Connection:
         self._context = context
         if self._workers is None:
             self._workers = workers()
-        sock: Any = self.sock
-        sock._read_event.start(self._wake)
+        self._watcher.start(self._wake)
         if self.close_request is not None:  # requested while the owner was busy
             gevent.get_hub().loop.run_callback(self._wake)
 
@@ -574,7 +578,7 @@ class Connection:
     def _wake(self) -> None:
         """In the hub: the socket is readable, or a close was requested, while parked."""
         if self._parked is not None:
-            self.sock._read_event.stop()  # type: ignore[attr-defined]
+            self._watcher.stop()
             self._drained = False  # or a closing handshake is next: reading waits anyway
             self._turn_end = time.perf_counter() + TURN
             self._workers.run(self._serve_woken, self._context)  # type: ignore[union-attr]
@@ -646,7 +650,7 @@ class Connection:
             else:
                 sock: Any = self.sock
                 if self._drained:
-                    sock._wait(sock._read_event)
+                    wait_readable(sock, self._watcher)
                 # recv(READ_SIZE) would allocate, and fault in, READ_SIZE for every
                 # read, small ones too. Read into the hub's buffer and copy out what
                 # came (nothing switches greenlets in between).
@@ -817,8 +821,7 @@ class Connection:
         self._disarm()
         if self._parked is not None:
             self._parked = None
-            sock: Any = self.sock
-            sock._read_event.stop()
+            self._watcher.stop()
         if self._writer is not None:
             self._writer.kill(block=False)
         self._connection_lost()
