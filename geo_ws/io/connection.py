@@ -58,6 +58,9 @@ MIN_PARSE_SIZE = 2**11
 FIRST_PARSE_SIZE = 2**14
 #: Queued frames are joined into sends of about this size (fewer syscalls).
 BATCH_SIZE = 65536
+#: Bytes waiting in the outbox past which a Ping's Pong replaces the one still queued
+#: rather than joining it (a few hundred small Pongs; a peer that reads never gets there).
+PONG_BACKLOG = 4096
 
 
 # The OS thread's id, not the greenlet's that monkey-patching makes of it.
@@ -407,16 +410,23 @@ class Connection:
                 self._writer = gevent.spawn(self._drain)
 
     def _answer(self, ping: bytes) -> None:
-        """Queue the Pong for a Ping, or give its payload to the Pong still queued.
+        """Queue the Pong for a Ping; past :data:`PONG_BACKLOG` bytes waiting, give its
+        payload to the Pong still queued instead.
 
         RFC 6455 section 5.5.3 lets only the most recent ping be answered: a client that
-        pings without reading cannot make the outbox grow.
+        pings without reading cannot make the outbox grow. One that reads gets a Pong for
+        every Ping, as peers (and Autobahn's cases 2.10 and 2.11) expect.
         """
         frame = encode_frame(Opcode.PONG, ping)
         outbox = self._outbox
         # Last in the outbox, the Pong is not being written: unless it is also first,
         # and the writer greenlet is sending it.
-        if outbox and outbox[-1] is self._queued_pong and (len(outbox) > 1 or self._writer is None):
+        if (
+            self._outbox_bytes >= PONG_BACKLOG
+            and outbox
+            and outbox[-1] is self._queued_pong
+            and (len(outbox) > 1 or self._writer is None)
+        ):
             self._outbox_bytes += len(frame) - len(outbox[-1])
             outbox[-1] = frame
         else:

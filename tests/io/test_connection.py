@@ -163,6 +163,17 @@ def test_pings_from_a_client_that_does_not_read_get_one_pong_queued(
     assert all(type(pong) is Pong for pong in pongs)  # the last ping answered, last
 
 
+def test_a_burst_of_pings_from_a_client_that_reads_gets_every_pong(
+    pair: tuple[Connection, Peer],
+) -> None:
+    """Coalescing is for peers that do not read (Autobahn 2.10: ten pings, ten pongs)."""
+    connection, peer = pair
+    pings = [encode_frame(Opcode.PING, b"payload-%d" % n, mask=MASK) for n in range(10)]
+    peer.sock.sendall(b"".join(pings) + encode_frame(Opcode.TEXT, b"the end", mask=MASK))
+    assert connection.receive() == "the end"
+    assert [peer.event() for _ in range(10)] == [Pong(b"payload-%d" % n) for n in range(10)]
+
+
 def test_receive_raises_connection_closed_with_the_peer_code(pair: tuple[Connection, Peer]) -> None:
     connection, peer = pair
     peer.send(Opcode.CLOSE, encode_close(4000, "done"))
