@@ -44,7 +44,7 @@ from ..protocol.handshake import (
     response_101,
     select_subprotocol,
 )
-from ..server.builtin import register_direct_lane
+from ..server.quick import register_direct_lane
 from ..server.wsgi import Transport, take_over
 from .appstate import AppState, Handler, app_state
 from .connector import Data, WebSocketConnector

@@ -23,7 +23,10 @@ from .._compat.gunicorn import (
     ssl_context,
 )
 from ..delivery.broker import flush_all
-from .builtin import Handler, Server, _log_safe, _QuickHandshake, settle_process
+from .builtin import Handler, Server
+from .http import log_safe
+from .process import settle_process
+from .quick import QuickHandshake
 
 __all__ = ["Worker"]
 
@@ -42,7 +45,7 @@ def _log_access(
     if not access_log_enabled(log):
         return  # before the arguments are made
     safe = {
-        key: _log_safe(value) if isinstance(value, str) else value for key, value in environ.items()
+        key: log_safe(value) if isinstance(value, str) else value for key, value in environ.items()
     }
     # The request's headers as gunicorn's format sees them: "%({user-agent}i)s".
     request_headers = [
@@ -81,7 +84,7 @@ class _Server(Server):
         environ["RAW_URI"] = target
 
     def _log_quick_request(
-        self, handshake: _QuickHandshake, status: str, length: int, started: float
+        self, handshake: QuickHandshake, status: str, length: int, started: float
     ) -> None:
         _log_access(self.log, status, [], length, handshake.environ, started)
 
