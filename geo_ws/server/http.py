@@ -61,6 +61,7 @@ class BadHead(Exception):
 
 
 def bad_request(reason: str) -> BadHead:
+    """A 400 refusal saying ``reason``."""
     return BadHead("400 Bad Request", reason)
 
 
