@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
 from collections import deque
@@ -11,7 +10,6 @@ from ssl import SSLWantReadError, SSLWantWriteError
 from time import monotonic
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from gevent import getcurrent, spawn
 from gevent import socket as gsocket
@@ -23,7 +21,7 @@ from gevent.monkey import get_original
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, HandshakeError, InvalidState
 from ..protocol.frames import Opcode, encode_frame
-from ..protocol.handshake import accept_key
+from ..protocol.handshake import ClientHandshake
 from ..protocol.machine import OPEN, Close, Failure, Message, Ping, Pong, Protocol
 from ..protocol.machine import Event as ProtocolEvent
 
@@ -31,10 +29,6 @@ __all__ = ["ClientConnection", "connect"]
 
 #: How many bytes one ``recv`` asks the kernel for.
 READ_SIZE = 65536
-#: Largest response head accepted during the opening handshake.
-MAX_HEAD_SIZE = 16384
-#: Largest body of a refusal read to explain it in :class:`HandshakeError`.
-MAX_REFUSAL_BODY = 4096
 
 _TEXT = int(Opcode.TEXT)
 _BINARY = int(Opcode.BINARY)
@@ -78,40 +72,23 @@ def connect(
         TimeoutError: the connection or the handshake took longer than ``timeout``.
         OSError: the TCP connection failed (``ConnectionRefusedError``...).
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-    secure = parts.scheme == "wss"
-    host = parts.hostname
-    port = parts.port or (443 if secure else 80)
+    handshake = ClientHandshake(url, headers=headers, subprotocols=subprotocols)
     deadline = None if timeout is None else monotonic() + timeout
-    sock = gsocket.create_connection((host, port), timeout=timeout)
+    sock = gsocket.create_connection((handshake.host, handshake.port), timeout=timeout)
     try:
         # Small frames go out at once: Nagle's delay would show up in every latency.
         sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
-        if secure:
+        if handshake.secure:
             context = ssl_context or gssl.create_default_context()
-            sock = context.wrap_socket(sock, server_hostname=host)
-        key = base64.b64encode(_urandom(16)).decode("ascii")
-        host_header = f"[{host}]" if ":" in host else host
-        if parts.port is not None and parts.port != (443 if secure else 80):
-            host_header += f":{parts.port}"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [
-            f"GET {target} HTTP/1.1",
-            f"Host: {host_header}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-        ]
-        if subprotocols:
-            lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
-        extra = headers.items() if isinstance(headers, Mapping) else headers or ()
-        lines.extend(f"{name}: {value}" for name, value in extra)
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        status, response_headers, rest = _read_response(sock, deadline)
-        subprotocol = _check_response(sock, key, subprotocols, status, response_headers, rest)
+            sock = context.wrap_socket(sock, server_hostname=handshake.host)
+        sock.sendall(handshake.request())
+        buffer = b""
+        while (head := handshake.parse_response(buffer)) is None:
+            buffer += _recv_by(sock, deadline, 4096)
+        rest = buffer[head.size :]
+        if head.status != 101:
+            raise handshake.refusal(head, _refusal_body(sock, head.refusal_length, rest))
+        subprotocol = handshake.accept(head)
     except BaseException:
         sock.close()
         raise
@@ -119,124 +96,41 @@ def connect(
         sock,
         url=url,
         subprotocol=subprotocol,
-        response_headers=response_headers,
+        response_headers=head.headers,
         max_message_size=max_message_size,
         received=rest,
     )
 
 
-def _set_deadline(sock: gsocket.socket, deadline: float | None) -> None:
-    """Make the next blocking call on ``sock`` end by ``deadline``.
+def _recv_by(sock: gsocket.socket, deadline: float | None, size: int) -> bytes:
+    """Read at most ``size`` bytes of the handshake response by ``deadline``.
 
     Raises:
-        TimeoutError: the deadline has passed.
+        HandshakeError: the server closed the connection.
+        TimeoutError: the deadline passed first.
     """
     if deadline is None:
         sock.settimeout(None)
-        return
-    remaining = deadline - monotonic()
-    if remaining <= 0:
-        raise TimeoutError("timed out during the opening handshake")
-    sock.settimeout(remaining)
+    else:
+        remaining = deadline - monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out during the opening handshake")
+        sock.settimeout(remaining)
+    chunk = sock.recv(size)
+    if not chunk:
+        raise HandshakeError(0, "connection closed during the opening handshake")
+    return chunk
 
 
-def _read_response(
-    sock: gsocket.socket, deadline: float | None
-) -> tuple[int, dict[str, str], bytes]:
-    """Read the head of the handshake response.
-
-    Returns:
-        The status code, the headers (names in lower case, repeated ones joined with
-        ``", "``) and the bytes received after the head.
-
-    Raises:
-        HandshakeError: the response is not HTTP, or its head is too long.
-        TimeoutError: the deadline passed first.
-    """
-    buffer = b""
-    while True:
-        end = buffer.find(b"\r\n\r\n")
-        if end >= 0:
-            break
-        if len(buffer) > MAX_HEAD_SIZE:
-            raise HandshakeError(0, "response head too long")
-        _set_deadline(sock, deadline)
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise HandshakeError(0, "connection closed during the opening handshake")
-        buffer += chunk
-    head, rest = buffer[:end].decode("latin-1"), buffer[end + 4 :]
-    status_line, *header_lines = head.split("\r\n")
-    version, _, status_text = status_line.partition(" ")
-    code = status_text[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise HandshakeError(0, f"not an HTTP response: {status_line[:80]!r}")
-    response_headers: dict[str, str] = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        name = name.strip().lower()
-        value = value.strip()
-        previous = response_headers.get(name)
-        response_headers[name] = value if previous is None else f"{previous}, {value}"
-    return int(code), response_headers, rest
-
-
-def _check_response(
-    sock: gsocket.socket,
-    key: str,
-    subprotocols: Sequence[str] | None,
-    status: int,
-    headers: dict[str, str],
-    rest: bytes,
-) -> str | None:
-    """Check that a handshake response accepts the connection.
-
-    Returns:
-        The subprotocol the server chose, or None.
-
-    Raises:
-        HandshakeError: the server refused, or its acceptance breaks RFC 6455.
-    """
-    if status != 101:
-        raise HandshakeError.refused(
-            status, _refusal_body(sock, headers, rest), list(headers.items())
-        )
-    if headers.get("upgrade", "").lower() != "websocket":
-        raise HandshakeError(status, "missing 'Upgrade: websocket' in the response")
-    if "upgrade" not in {
-        token.strip().lower() for token in headers.get("connection", "").split(",")
-    }:
-        raise HandshakeError(status, "missing 'Connection: Upgrade' in the response")
-    if headers.get("sec-websocket-accept") != accept_key(key):
-        raise HandshakeError(status, "wrong Sec-WebSocket-Accept in the response")
-    if headers.get("sec-websocket-extensions"):
-        # None was offered, so none may be used (RFC 6455 section 4.1).
-        raise HandshakeError(status, "the server chose an extension that was not offered")
-    chosen = headers.get("sec-websocket-protocol")
-    if chosen is not None and chosen not in (subprotocols or ()):
-        raise HandshakeError(
-            status, f"the server chose a subprotocol that was not offered: {chosen}"
-        )
-    return chosen
-
-
-def _refusal_body(sock: gsocket.socket, headers: dict[str, str], rest: bytes) -> str:
-    """The beginning of a refusal's body, read within a short bound."""
+def _refusal_body(sock: gsocket.socket, length: int, body: bytes) -> bytes:
+    """The first ``length`` bytes of a refusal's body, read within a short bound."""
+    deadline = monotonic() + 1.0
     try:
-        length = min(int(headers.get("content-length", "0")), MAX_REFUSAL_BODY)
-    except ValueError:
-        length = 0
-    body = rest
-    try:
-        _set_deadline(sock, monotonic() + 1.0)
         while len(body) < length:
-            chunk = sock.recv(length - len(body))
-            if not chunk:
-                break
-            body += chunk
-    except OSError:
+            body += _recv_by(sock, deadline, length - len(body))
+    except (OSError, HandshakeError):
         pass  # the status alone is reason enough
-    return body[:length].decode("utf-8", "replace")
+    return body
 
 
 # What the timer of a wait passes to the waiter.

@@ -1,9 +1,13 @@
-"""The opening handshake of RFC 6455 section 4.2, sans-I/O.
+"""The opening handshake of RFC 6455 section 4, both sides, sans-I/O.
 
-Checks the headers of an upgrade request and builds the ``101 Switching Protocols``
-response, or raises :class:`~geo_ws.exceptions.HandshakeError` with the HTTP status
-to refuse it with. It reads a WSGI environ (a plain dict) and returns bytes: no
-sockets, no gevent, no Flask.
+Server side (section 4.2): checks the headers of an upgrade request and builds the
+``101 Switching Protocols`` response, or raises :class:`~geo_ws.exceptions.HandshakeError`
+with the HTTP status to refuse it with. It reads a WSGI environ (a plain dict).
+
+Client side (section 4.1): :class:`ClientHandshake` builds the request and checks the
+response, or turns a refusal into a :class:`~geo_ws.exceptions.HandshakeError`.
+
+Both take and return bytes: no sockets, no gevent, no Flask.
 """
 
 from __future__ import annotations
@@ -11,14 +15,20 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from ..exceptions import HandshakeError
 
 __all__ = [
     "GUID",
+    "MAX_REFUSAL_BODY",
+    "MAX_RESPONSE_HEAD",
+    "ClientHandshake",
+    "ResponseHead",
     "accept_key",
     "check_origin",
     "check_request",
@@ -194,3 +204,171 @@ def response_101(key: str, headers: list[tuple[str, str]] | None = None) -> byte
     """
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers) if headers else ""
     return b"".join((_101, _accept(key), b"\r\n", extra.encode("latin-1"), b"\r\n"))
+
+
+# --- client side ----------------------------------------------------------------------------
+
+#: Largest response head accepted during the opening handshake, in bytes.
+MAX_RESPONSE_HEAD = 16384
+#: Largest part of a refusal's body read to explain it in :class:`HandshakeError`.
+MAX_REFUSAL_BODY = 4096
+
+
+class ResponseHead(NamedTuple):
+    """The status and headers of the server's answer to the opening handshake."""
+
+    status: int
+    headers: dict[str, str]
+    """Names in lower case; repeated headers joined with ``", "``."""
+    size: int
+    """How many bytes the head took, the blank line included: frames may follow it."""
+
+    @property
+    def refusal_length(self) -> int:
+        """How many bytes of a refusal's body to read to explain it (within a bound)."""
+        try:
+            length = int(self.headers.get("content-length", "0"))
+        except ValueError:
+            return 0
+        return max(0, min(length, MAX_REFUSAL_BODY))
+
+
+class ClientHandshake:
+    """The client side of the opening handshake (RFC 6455 section 4.1), sans-I/O.
+
+    The I/O layer connects to :attr:`host`:attr:`port` (with TLS if :attr:`secure`),
+    sends :meth:`request`, feeds what it reads to :meth:`parse_response` until it returns
+    the head, then calls :meth:`accept` (status 101) or raises :meth:`refusal` with the
+    body it read (any other status)::
+
+        handshake = ClientHandshake("ws://example.com/chat")
+        sock.sendall(handshake.request())
+        while (head := handshake.parse_response(buffer)) is None:
+            buffer += sock.recv(4096)
+        if head.status != 101:
+            raise handshake.refusal(head, body)
+        subprotocol = handshake.accept(head)
+
+    Args:
+        url: ``ws://host[:port]/path[?query]`` or ``wss://...``.
+        headers: extra request headers (``Origin``, ``Authorization``, cookies...).
+        subprotocols: subprotocols to offer in ``Sec-WebSocket-Protocol``, preferred first.
+
+    Raises:
+        ValueError: ``url`` is not a ``ws://`` or ``wss://`` URL.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        subprotocols: Sequence[str] | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+        self.secure = parts.scheme == "wss"
+        """Whether the connection uses TLS (``wss://``)."""
+        self.host: str = parts.hostname
+        """The host to connect to (without brackets for IPv6)."""
+        default_port = 443 if self.secure else 80
+        self.port: int = parts.port or default_port
+        """The TCP port to connect to."""
+        self.key = base64.b64encode(os.urandom(16)).decode("ascii")
+        """The ``Sec-WebSocket-Key`` of the request: 16 fresh random bytes in base64."""
+        self.subprotocols: list[str] = list(subprotocols or ())
+        """The subprotocols offered, preferred first."""
+        host_header = f"[{self.host}]" if ":" in self.host else self.host
+        if parts.port is not None and parts.port != default_port:
+            host_header += f":{parts.port}"
+        self._host_header = host_header
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        extra = headers.items() if isinstance(headers, Mapping) else headers or ()
+        self._headers = list(extra)
+
+    def request(self) -> bytes:
+        """The upgrade request to send, head only (a GET has no body)."""
+        lines = [
+            f"GET {self._target} HTTP/1.1",
+            f"Host: {self._host_header}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {self.key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if self.subprotocols:
+            lines.append(f"Sec-WebSocket-Protocol: {', '.join(self.subprotocols)}")
+        lines.extend(f"{name}: {value}" for name, value in self._headers)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def parse_response(self, data: bytes) -> ResponseHead | None:
+        """Parse the response head at the start of ``data``, everything received so far.
+
+        Returns:
+            The head, or None if it has not fully arrived yet (read more and call again).
+
+        Raises:
+            HandshakeError: the response is not HTTP, or its head is longer than
+                :data:`MAX_RESPONSE_HEAD`.
+        """
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_RESPONSE_HEAD:
+                raise HandshakeError(0, "response head too long")
+            return None
+        status_line, *header_lines = data[:end].decode("latin-1").split("\r\n")
+        version, _, status_text = status_line.partition(" ")
+        code = status_text[:3]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise HandshakeError(0, f"not an HTTP response: {status_line[:80]!r}")
+        headers: dict[str, str] = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            value = value.strip()
+            previous = headers.get(name)
+            headers[name] = value if previous is None else f"{previous}, {value}"
+        return ResponseHead(int(code), headers, end + 4)
+
+    def accept(self, head: ResponseHead) -> str | None:
+        """Check that the response accepts the connection as RFC 6455 requires.
+
+        Returns:
+            The subprotocol the server chose, or None.
+
+        Raises:
+            HandshakeError: the server refused (any status but 101; prefer :meth:`refusal`
+                with the body, which explains why), or its acceptance breaks RFC 6455: no
+                ``Upgrade: websocket`` or ``Connection: Upgrade``, a wrong
+                ``Sec-WebSocket-Accept``, an extension or a subprotocol not offered.
+        """
+        status, headers = head.status, head.headers
+        if status != 101:
+            raise self.refusal(head, b"")
+        if headers.get("upgrade", "").lower() != "websocket":
+            raise HandshakeError(status, "missing 'Upgrade: websocket' in the response")
+        if "upgrade" not in _tokens(headers.get("connection", "")):
+            raise HandshakeError(status, "missing 'Connection: Upgrade' in the response")
+        if headers.get("sec-websocket-accept") != accept_key(self.key):
+            raise HandshakeError(status, "wrong Sec-WebSocket-Accept in the response")
+        if headers.get("sec-websocket-extensions"):
+            # None was offered, so none may be used (RFC 6455 section 4.1).
+            raise HandshakeError(status, "the server chose an extension that was not offered")
+        chosen = headers.get("sec-websocket-protocol")
+        if chosen is not None and chosen not in self.subprotocols:
+            raise HandshakeError(
+                status, f"the server chose a subprotocol that was not offered: {chosen}"
+            )
+        return chosen
+
+    def refusal(self, head: ResponseHead, body: bytes) -> HandshakeError:
+        """The error that explains a refusal: its status, and the text of its body.
+
+        Args:
+            head: the response's head.
+            body: the beginning of its body (up to :attr:`ResponseHead.refusal_length`
+                bytes are used), possibly empty.
+        """
+        text = body[: head.refusal_length].decode("utf-8", "replace")
+        return HandshakeError.refused(head.status, text, list(head.headers.items()))

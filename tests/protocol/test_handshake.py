@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 import pytest
 
 from geo_ws.exceptions import HandshakeError
 from geo_ws.protocol.handshake import (
+    MAX_REFUSAL_BODY,
+    MAX_RESPONSE_HEAD,
+    ClientHandshake,
     RequestHead,
     accept_key,
     check_request,
@@ -181,3 +185,171 @@ def test_a_refusal_reads_as_its_status_line_and_the_text_of_its_body() -> None:
 )
 def test_handshake_errors_name_their_status(error: HandshakeError, message: str) -> None:
     assert str(error).startswith(message)
+
+
+# --- client side ----------------------------------------------------------------------------
+
+
+def request_environ(request: bytes) -> dict[str, str]:
+    """The WSGI environ a server would make of a client's request head."""
+    head = parse_request_head(request)
+    assert head is not None and head.size == len(request)
+    env = {"REQUEST_METHOD": head.method, "PATH_INFO": head.target}
+    for name, value in head.headers:
+        env["HTTP_" + name.upper().replace("-", "_")] = value
+    return env
+
+
+def response(
+    handshake: ClientHandshake, *extra: str, status: str = "101 Switching Protocols"
+) -> bytes:
+    """A server's answer: the 101 for the handshake's key unless told otherwise."""
+    lines = [
+        f"HTTP/1.1 {status}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept_key(handshake.key)}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def test_the_client_request_passes_the_server_checks_and_its_101_is_accepted() -> None:
+    handshake = ClientHandshake(
+        "ws://example.com:8080/chat?room=1",
+        headers={"Origin": "http://example.com"},
+        subprotocols=["v2", "v1"],
+    )
+    env = request_environ(handshake.request())
+    assert env["PATH_INFO"] == "/chat?room=1"
+    assert env["HTTP_HOST"] == "example.com:8080"
+    assert env["HTTP_ORIGIN"] == "http://example.com"
+    assert env["HTTP_SEC_WEBSOCKET_PROTOCOL"] == "v2, v1"
+    key = check_request(env)
+    assert key == handshake.key and len(base64.b64decode(key)) == 16
+    answer = response_101(key, [("Sec-WebSocket-Protocol", "v1")]) + b"\x81\x02hi"
+    head = handshake.parse_response(answer)
+    assert head is not None and answer[head.size :] == b"\x81\x02hi"
+    assert handshake.accept(head) == "v1"
+
+
+def test_every_handshake_has_a_fresh_key() -> None:
+    assert ClientHandshake("ws://a/").key != ClientHandshake("ws://a/").key
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "secure", "host_header", "target"),
+    [
+        ("ws://example.com", "example.com", 80, False, "example.com", "/"),
+        ("wss://example.com/x", "example.com", 443, True, "example.com", "/x"),
+        ("wss://example.com:443/", "example.com", 443, True, "example.com", "/"),
+        ("ws://[::1]:9000/p", "::1", 9000, False, "[::1]:9000", "/p"),
+        ("ws://h:80/?a=b", "h", 80, False, "h", "/?a=b"),
+    ],
+)
+def test_the_url_gives_where_to_connect_and_the_host_header(
+    url: str, host: str, port: int, secure: bool, host_header: str, target: str
+) -> None:
+    handshake = ClientHandshake(url)
+    assert (handshake.host, handshake.port, handshake.secure) == (host, port, secure)
+    request = handshake.request().decode("latin-1")
+    assert request.startswith(f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\n")
+    assert "Sec-WebSocket-Protocol" not in request
+
+
+@pytest.mark.parametrize("url", ["http://example.com/", "ws:///path", "example.com"])
+def test_only_websocket_urls_are_taken(url: str) -> None:
+    with pytest.raises(ValueError, match="not a ws:// or wss:// URL"):
+        ClientHandshake(url)
+
+
+def test_headers_may_repeat_as_pairs() -> None:
+    request = ClientHandshake("ws://h/", headers=[("Cookie", "a=1"), ("Cookie", "b=2")]).request()
+    assert b"\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n" in request
+
+
+def test_a_response_head_is_parsed_once_it_has_fully_arrived() -> None:
+    handshake = ClientHandshake("ws://h/")
+    answer = response(handshake, "X-Multi: a", "x-multi: b")
+    assert handshake.parse_response(answer[:-1]) is None
+    head = handshake.parse_response(answer)
+    assert head is not None
+    assert head.status == 101 and head.size == len(answer)
+    assert head.headers["x-multi"] == "a, b"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "not an HTTP response: 'SSH-2.0-OpenSSH_9.6'"),
+        (b"HTTP/1.1 abc\r\n\r\n", "not an HTTP response"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (MAX_RESPONSE_HEAD // 6), "too long"),
+    ],
+)
+def test_a_response_that_is_not_a_proper_http_head_fails(data: bytes, message: str) -> None:
+    with pytest.raises(HandshakeError, match=message) as info:
+        ClientHandshake("ws://h/").parse_response(data)
+    assert info.value.status == 0
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (
+            lambda r: r.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+            "missing 'Upgrade: websocket'",
+        ),
+        (
+            lambda r: r.replace(b"Connection: Upgrade", b"Connection: close"),
+            "'Connection: Upgrade'",
+        ),
+        (lambda r: r.replace(b"Accept: ", b"Accept: x"), "wrong Sec-WebSocket-Accept"),
+        (
+            lambda r: r[:-2] + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+            "an extension that was not offered",
+        ),
+        (
+            lambda r: r[:-2] + b"Sec-WebSocket-Protocol: v3\r\n\r\n",
+            "a subprotocol that was not offered: v3",
+        ),
+    ],
+)
+def test_a_101_that_breaks_the_rfc_is_refused(
+    mangle: Callable[[bytes], bytes], message: str
+) -> None:
+    handshake = ClientHandshake("ws://h/", subprotocols=["v1"])
+    head = handshake.parse_response(mangle(response(handshake)))
+    assert head is not None
+    with pytest.raises(HandshakeError, match=message) as info:
+        handshake.accept(head)
+    assert info.value.status == 101
+
+
+def test_connection_upgrade_may_come_with_other_tokens() -> None:
+    handshake = ClientHandshake("ws://h/")
+    answer = response(handshake).replace(b"Connection: Upgrade", b"Connection: keep-alive, upgrade")
+    head = handshake.parse_response(answer)
+    assert head is not None and handshake.accept(head) is None
+
+
+def test_a_refusal_explains_itself_with_its_body_within_its_length() -> None:
+    handshake = ClientHandshake("ws://h/")
+    answer = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 20\r\n\r\n<p>origin denied</p>"
+    head = handshake.parse_response(answer)
+    assert head is not None and head.refusal_length == 20
+    error = handshake.refusal(head, answer[head.size :] + b"trailing junk")
+    assert (error.status, error.reason) == (403, "origin denied")
+    assert ("content-length", "20") in error.headers
+    with pytest.raises(HandshakeError, match="HTTP 403 Forbidden: the server refused"):
+        handshake.accept(head)  # without the body, the status alone
+
+
+@pytest.mark.parametrize(
+    ("content_length", "expected"),
+    [("", 0), ("12", 12), ("nope", 0), ("-5", 0), (str(10**9), MAX_REFUSAL_BODY)],
+)
+def test_the_refusal_length_is_bounded(content_length: str, expected: int) -> None:
+    handshake = ClientHandshake("ws://h/")
+    extra = f"Content-Length: {content_length}\r\n" if content_length else ""
+    head = handshake.parse_response(f"HTTP/1.1 500 Oops\r\n{extra}\r\n".encode())
+    assert head is not None and head.refusal_length == expected
