@@ -20,7 +20,6 @@ from gevent.lock import Semaphore
 from gevent.monkey import get_original
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, HandshakeError, InvalidState
-from ..protocol.frames import Opcode, encode_frame
 from ..protocol.handshake import ClientHandshake
 from ..protocol.machine import OPEN, Close, Failure, Message, Ping, Pong, Protocol
 from ..protocol.machine import Event as ProtocolEvent
@@ -30,10 +29,6 @@ __all__ = ["ClientConnection", "connect"]
 #: How many bytes one ``recv`` asks the kernel for.
 READ_SIZE = 65536
 
-_TEXT = int(Opcode.TEXT)
-_BINARY = int(Opcode.BINARY)
-_PING = int(Opcode.PING)
-_PONG = int(Opcode.PONG)
 _urandom = os.urandom
 # The stdlib's socket class, even in a monkey-patched process.
 _StdlibSocket: Any = get_original("socket", "socket")
@@ -138,21 +133,6 @@ _TIMED_OUT = object()
 
 # Thrown into a greenlet waiting on a socket that another greenlet closed.
 _CANCELLED = OSError(errno.EBADF, "the connection was closed by another greenlet")
-
-# Masks come from os.urandom, drawn 4 KiB at a time: one getrandom call per 1024 frames.
-_mask_pool = b""
-_mask_pos = 0
-
-
-def _new_mask() -> bytes:
-    """Four fresh random bytes: the masking key of one frame (RFC 6455 section 5.3)."""
-    global _mask_pool, _mask_pos
-    position = _mask_pos
-    if position >= len(_mask_pool):
-        _mask_pool = _urandom(4096)
-        position = 0
-    _mask_pos = position + 4
-    return _mask_pool[position : position + 4]
 
 
 class ClientConnection:
@@ -363,15 +343,14 @@ class ClientConnection:
             ConnectionClosed: the connection is closed or closing.
             TypeError: ``data`` is of another type.
         """
-        if type(data) is str:
-            frame = encode_frame(_TEXT, data.encode(), mask=_new_mask())
-        elif isinstance(data, (bytes, bytearray, memoryview)):
-            frame = encode_frame(_BINARY, data, mask=_new_mask())
-        else:
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"can only send str or bytes-like, not {type(data).__name__}")
-        if self._protocol.state is not OPEN:
+        protocol = self._protocol
+        if protocol.state is not OPEN:
             raise self._closed_error()
-        self._write(frame)
+        self._write(
+            protocol.send_text(data) if isinstance(data, str) else protocol.send_binary(data)
+        )
         self._awaiting_reply = True
 
     # --- receiving ------------------------------------------------------------------------------
@@ -517,7 +496,7 @@ class ClientConnection:
                 self._inbox.append(event.data)
             elif type(event) is Ping:
                 if protocol.state is OPEN:
-                    self._write_quietly(encode_frame(_PONG, event.payload, mask=_new_mask()))
+                    self._write_quietly(protocol.send_pong(event.payload))
             elif type(event) is Pong:
                 waiter = self._pings.pop(event.payload, None)
                 if waiter is not None:
@@ -563,7 +542,7 @@ class ClientConnection:
             raise ValueError("a ping with this payload already waits for its pong")
         if self._protocol.state is not OPEN:
             raise self._closed_error()
-        frame = encode_frame(_PING, payload, mask=_new_mask())
+        frame = self._protocol.send_ping(payload)
         waiter = Event()
         self._pings[payload] = waiter
         start = monotonic()

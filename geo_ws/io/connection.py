@@ -39,7 +39,7 @@ from greenlet import GreenletExit, getcurrent, greenlet
 from .._compat.gevent import read_watcher, wait_readable
 from ..exceptions import ConnectionClosed
 from ..protocol.deflate import PerMessageDeflate
-from ..protocol.frames import EXTERNAL_CLOSE_CODES, Opcode, encode_frame
+from ..protocol.frames import EXTERNAL_CLOSE_CODES
 from ..protocol.machine import Close, Event, Failure, Message, Ping, Pong, Protocol
 from ..protocol.outgoing import Outgoing
 
@@ -381,6 +381,8 @@ class Connection:
             # is the event loop's to touch. (Whether it can carry it, as of now.)
             self._flusher.call_soon(self.send_outgoing, message)
             return True
+        # The frame every receiver shares (what protocol.send_data returns on a server, one
+        # call less: this runs once per receiver of a broadcast).
         frame = message.frame_for(self.deflate)
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
             self._overflow(len(frame))
@@ -417,7 +419,9 @@ class Connection:
         pings without reading cannot make the outbox grow. One that reads gets a Pong for
         every Ping, as peers (and Autobahn's cases 2.10 and 2.11) expect.
         """
-        frame = encode_frame(Opcode.PONG, ping)
+        if not self.can_send:
+            return  # our Close is sent: it is the last frame
+        frame = self.protocol.send_pong(ping)
         outbox = self._outbox
         # Last in the outbox, the Pong is not being written: unless it is also first,
         # and the writer greenlet is sending it.
@@ -712,7 +716,7 @@ class Connection:
         if self._ping is None:
             payload = os.urandom(4)
             self._ping = (payload, gevent.get_hub().loop.now())
-            self._write(encode_frame(Opcode.PING, payload))
+            self._write(self.protocol.send_ping(payload))
             self._arm(self.ping_timeout)
         elif self._reading is None and self._parked is None:
             # The owner is busy in a handler and cannot read the pong: check again later

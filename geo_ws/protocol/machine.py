@@ -1,13 +1,18 @@
-"""Sans-I/O receive side of one WebSocket connection (RFC 6455 sections 5 and 7).
+"""Sans-I/O WebSocket connection, both directions (RFC 6455 sections 5 and 7), either side.
 
 :class:`Protocol` does no I/O: the connection layer feeds it the bytes it reads with
 :meth:`~Protocol.receive_data` and the end of the stream with :meth:`~Protocol.receive_eof`, and
-acts on the events they return. It imports neither gevent, nor socket, nor Flask, so it runs the
-same under any I/O model and is tested without sockets.
+acts on the events they return. To send, it asks the protocol for the bytes of each frame
+(:meth:`~Protocol.send_text`, :meth:`~Protocol.send_binary`, :meth:`~Protocol.send_data`,
+:meth:`~Protocol.send_ping`, :meth:`~Protocol.send_pong`, :meth:`~Protocol.send_close`), which
+are masked on the client side and checked against the state (no frame after our Close), and
+writes them. It imports neither gevent, nor socket, nor Flask, so it runs the same under any
+I/O model and is tested without sockets.
 
 It parses frames, reassembles fragmented messages, validates UTF-8 and enforces the message size
-limit, and it tracks the closing handshake. It does not build data frames: the connection layer
-sends them with :func:`geo_ws.protocol.frames.encode_frame`, which lets a broadcast be encoded once.
+limit, and it tracks the closing handshake. A server's broadcast is encoded once: an
+:class:`~geo_ws.protocol.outgoing.Outgoing` handed to :meth:`~Protocol.send_data` of every
+receiving connection returns the same shared bytes.
 
 Typical use by the connection layer::
 
@@ -15,7 +20,7 @@ Typical use by the connection layer::
         if isinstance(event, Message):
             handle(event.data)
         elif isinstance(event, Ping):
-            sock.sendall(encode_frame(Opcode.PONG, event.payload))
+            sock.sendall(protocol.send_pong(event.payload))
         elif isinstance(event, Close):
             sock.sendall(protocol.send_close(...))   # answer the closing handshake
         elif isinstance(event, Failure):
@@ -37,6 +42,7 @@ from .deflate import PerMessageDeflate
 from .frames import (
     EXTERNAL_CLOSE_CODES,
     MAX_CONTROL_PAYLOAD_SIZE,
+    BytesLike,
     CloseCode,
     Opcode,
     apply_mask,
@@ -44,6 +50,7 @@ from .frames import (
     encode_frame,
     parse_close,
 )
+from .outgoing import Outgoing
 
 __all__ = [
     "CLOSED",
@@ -169,22 +176,37 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 # How many pieces of a message are joined into one part (see Protocol.__init__).
 _JOIN_COUNT = 1024
 
+# Masks come from os.urandom, drawn 4 KiB at a time: one getrandom call per 1024 frames.
+_mask_pool = b""
+_mask_pos = 0
+
+
+def _new_mask() -> bytes:
+    """Four fresh random bytes: the masking key of one frame (RFC 6455 section 5.3)."""
+    global _mask_pool, _mask_pos
+    position = _mask_pos
+    if position >= len(_mask_pool):
+        _mask_pool = os.urandom(4096)
+        position = 0
+    _mask_pos = position + 4
+    return _mask_pool[position : position + 4]
+
 
 # --- protocol -----------------------------------------------------------------------------------
 
 
 class Protocol:
-    """Receive side and closing handshake of one WebSocket connection.
+    """Both directions and the closing handshake of one WebSocket connection.
 
     Feed it bytes with :meth:`receive_data`; it returns the events they complete, in wire order.
     Protocol errors never raise: they end the list with a :class:`Failure`, after which every
-    input is ignored.
+    input is ignored. The ``send_*`` methods return the bytes of the frame to write.
 
     Args:
         max_message_size: largest message accepted, in bytes, counted across fragments; None for
             no limit. A frame header announcing more fails the connection with 1009 at once.
         client: True on the client side: frames received must then be unmasked (servers send
-            unmasked frames) and :meth:`send_close` masks its frame.
+            unmasked frames) and every frame sent is masked with a fresh random key.
         deflate: the permessage-deflate state negotiated for this connection (server side):
             messages whose first frame has RSV1 set are inflated before UTF-8 validation, and
             ``max_message_size`` then bounds their inflated size.
@@ -325,6 +347,82 @@ class Protocol:
 
     # --- output ---------------------------------------------------------------------------------
 
+    def _check_can_send(self) -> None:
+        """Raise unless frames may still be sent: our Close must be the last frame.
+
+        Raises:
+            InvalidState: a Close frame was sent, or the connection is closed.
+        """
+        if self.close_sent:
+            raise InvalidState("a Close frame was already sent")
+        if self.state is CLOSED:
+            raise InvalidState("the connection is closed")
+
+    def send_text(self, data: str) -> bytes:
+        """Build the frame of a text message.
+
+        Returns:
+            The frame: unmasked for a server (compressed if permessage-deflate was negotiated
+            and the message is large enough), masked with a fresh random key for a client.
+
+        Raises:
+            InvalidState: a Close frame was sent, or the connection is closed.
+        """
+        if self._client:
+            if self.close_sent or self.state is CLOSED:  # tested inline: once per message
+                self._check_can_send()  # raises
+            return encode_frame(_TEXT, data.encode(), mask=_new_mask())
+        return self.send_data(Outgoing(data))
+
+    def send_binary(self, data: BytesLike) -> bytes:
+        """Build the frame of a binary message; as :meth:`send_text` otherwise.
+
+        Raises:
+            InvalidState: a Close frame was sent, or the connection is closed.
+        """
+        if self._client:
+            if self.close_sent or self.state is CLOSED:
+                self._check_can_send()  # raises
+            return encode_frame(_BINARY, data, mask=_new_mask())
+        return self.send_data(Outgoing(data))
+
+    def send_data(self, message: Outgoing) -> bytes:
+        """Build the frame of a message prepared once for many connections.
+
+        On the server side the bytes are the message's own, shared by every connection with
+        the same permessage-deflate parameters (see :meth:`Outgoing.frame_for`): a broadcast
+        is encoded once. A client masks the payload with a key of its own.
+
+        Raises:
+            InvalidState: a Close frame was sent, or the connection is closed.
+        """
+        self._check_can_send()
+        if self._client:
+            return encode_frame(message.opcode, message.payload, mask=_new_mask())
+        return message.frame_for(self._deflate)
+
+    def send_ping(self, payload: BytesLike = b"") -> bytes:
+        """Build a Ping frame.
+
+        Raises:
+            InvalidState: a Close frame was sent, or the connection is closed.
+            ValueError: ``payload`` is longer than 125 bytes.
+        """
+        return self._send_control(_PING, payload)
+
+    def send_pong(self, payload: BytesLike = b"") -> bytes:
+        """Build a Pong frame, the answer to a :class:`Ping` (with its payload).
+
+        Raises:
+            InvalidState: a Close frame was sent, or the connection is closed.
+            ValueError: ``payload`` is longer than 125 bytes.
+        """
+        return self._send_control(_PONG, payload)
+
+    def _send_control(self, opcode: int, payload: BytesLike) -> bytes:
+        self._check_can_send()
+        return encode_frame(opcode, payload, mask=_new_mask() if self._client else None)
+
     def send_close(self, code: int | None = 1000, reason: str = "") -> bytes:
         """Build our Close frame, to start or to answer the closing handshake.
 
@@ -345,16 +443,12 @@ class Protocol:
             ValueError: if ``code`` may not be sent in a Close frame (1004, 1006, 1015,
                 below 1000, 1016-2999, 5000 and above), or a reason comes without a code.
         """
-        if self.close_sent:
-            raise InvalidState("a Close frame was already sent")
-        if self.state is CLOSED:
-            raise InvalidState("the connection is closed")
+        self._check_can_send()
         if code == _NO_STATUS_RCVD:
             code = None
         elif code is not None and code not in EXTERNAL_CLOSE_CODES:
             raise ValueError(f"close code {code} may not be sent in a Close frame")
-        payload = encode_close(code, reason)
-        frame = encode_frame(_CLOSE, payload, mask=os.urandom(4) if self._client else None)
+        frame = self._send_control(_CLOSE, encode_close(code, reason))
         self.close_sent = True
         self.state = CLOSED if self.close_received else CLOSING
         return frame

@@ -1,4 +1,4 @@
-"""Tests for geo_ws.protocol.machine: the sans-I/O receive side, by RFC 6455 section. No sockets."""
+"""Tests for geo_ws.protocol.machine: the sans-I/O protocol, by RFC 6455 section. No sockets."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from geo_ws.protocol.machine import (
     Protocol,
     State,
 )
+from geo_ws.protocol.outgoing import Outgoing
 
 from ..helpers import MASK, QUICK
 from ..live_apps.process import run_python
@@ -508,6 +509,106 @@ class TestControlFrames:
         # encode_frame refuses to build it, so patch a binary frame's opcode.
         events = receive(with_first_byte(0x80 | opcode, b"x" * 126))
         assert_failure(events, 1002, "control frame payload over 125 bytes")
+
+
+SIDES = pytest.mark.parametrize("client", [False, True], ids=["server", "client"])
+
+
+@SIDES
+class TestSending:
+    """5.1 and 5.3: what either side sends; the peer's protocol reads it back."""
+
+    def test_every_kind_of_frame_reaches_the_peer(self, client: bool) -> None:
+        protocol, peer = Protocol(client=client), Protocol(client=not client)
+        wire = b"".join(
+            (
+                protocol.send_text("héllo"),
+                protocol.send_binary(bytearray(b"\x00\xff")),
+                protocol.send_data(Outgoing("shared")),
+                protocol.send_data(Outgoing(b"x" * 70000)),
+                protocol.send_ping(b"p"),
+                protocol.send_pong(memoryview(b"q")),
+                protocol.send_close(1000, "bye"),
+            )
+        )
+        assert peer.receive_data(wire) == [
+            Message("héllo"),
+            Message(b"\x00\xff"),
+            Message("shared"),
+            Message(b"x" * 70000),
+            Ping(b"p"),
+            Pong(b"q"),
+            Close(1000, "bye"),
+        ]
+
+    def test_a_client_masks_each_frame_with_a_fresh_key_a_server_never(self, client: bool) -> None:
+        protocol = Protocol(client=client)
+        frames = [protocol.send_text("same") for _ in range(3)] + [protocol.send_ping(b"same")]
+        assert all(bool(data[1] & 0x80) is client for data in frames)
+        if client:
+            assert len({data[2:6] for data in frames}) == 4
+            assert len(set(frames[:3])) == 3
+        else:
+            assert frames[0] == frames[1] == encode_frame(Opcode.TEXT, b"same")
+
+    def test_a_prepared_message_is_shared_by_servers_and_masked_by_clients(
+        self, client: bool
+    ) -> None:
+        message = Outgoing("broadcast")
+        first, second = Protocol(client=client), Protocol(client=client)
+        if client:
+            assert first.send_data(message) != second.send_data(message)
+        else:
+            assert first.send_data(message) is second.send_data(message) is message.frame
+
+    @pytest.mark.parametrize(
+        "send",
+        [
+            lambda p: p.send_text("late"),
+            lambda p: p.send_binary(b"late"),
+            lambda p: p.send_data(Outgoing("late")),
+            lambda p: p.send_ping(b""),
+            lambda p: p.send_pong(b""),
+        ],
+        ids=["text", "binary", "data", "ping", "pong"],
+    )
+    def test_nothing_follows_our_close(self, client: bool, send: object) -> None:
+        protocol = Protocol(client=client)
+        protocol.send_close(1000)
+        with pytest.raises(InvalidState, match="Close frame was already sent"):
+            send(protocol)  # type: ignore[operator]
+        eof = Protocol(client=client)
+        eof.receive_eof()
+        with pytest.raises(InvalidState, match="closed"):
+            send(eof)  # type: ignore[operator]
+
+    def test_data_may_still_go_between_the_peers_close_and_ours(self, client: bool) -> None:
+        protocol, peer = Protocol(client=client), Protocol(client=not client)
+        assert protocol.receive_data(peer.send_close(1001)) == [Close(1001, "")]
+        wire = protocol.send_text("last words") + protocol.send_close(1001)
+        assert peer.receive_data(wire) == [Message("last words"), Close(1001, "")]
+        assert protocol.state is CLOSED is peer.state
+
+    def test_control_payloads_are_limited_to_125_bytes(self, client: bool) -> None:
+        protocol = Protocol(client=client)
+        assert len(protocol.send_ping(b"x" * 125)) == 2 + 125 + (4 if client else 0)
+        for send in (protocol.send_ping, protocol.send_pong):
+            with pytest.raises(ValueError, match="125 bytes"):
+                send(b"x" * 126)
+
+    def test_send_close_checks_codes_on_both_sides(self, client: bool) -> None:
+        protocol = Protocol(client=client)
+        with pytest.raises(ValueError, match="1006 may not be sent"):
+            protocol.send_close(1006)
+        assert protocol.state is OPEN and not protocol.close_sent
+
+
+def test_a_server_compresses_what_it_sends_once_deflate_is_negotiated() -> None:
+    deflate = TestPerMessageDeflate.deflate(min_size=10)
+    protocol = Protocol(deflate=deflate)
+    assert protocol.send_text("short")[0] == 0x81
+    data = protocol.send_binary(b"z" * 1000)
+    assert data[0] == 0xC2 and len(data) < 100  # FIN + RSV1 + binary
 
 
 class TestClosingHandshake:
