@@ -11,15 +11,19 @@ run side by side in one process, monkey-patched or not. It is the client of
         ws.send("hello")
         assert ws.recv(timeout=5) == "hello"
 
-Frames are parsed by :class:`geo_ws.protocol.machine.Protocol` in client mode and built by
-:func:`geo_ws.protocol.frames.encode_frame` with a fresh random mask; the client side of the
-opening handshake (RFC 6455 section 4.1) is in :mod:`geo_ws.io.client`.
+The opening handshake (RFC 6455 section 4.1) is
+:class:`geo_ws.protocol.handshake.ClientHandshake`, frames both ways are
+:class:`geo_ws.protocol.machine.Protocol` in client mode (every frame sent masked with a
+fresh random key), and the connection is the server's own
+:class:`geo_ws.io.connection.Connection` in client mode: one reader, one outbox, one
+closing handshake for both sides.
 
-A synchronous client only reads when asked to: pings from the server are answered,
-and its Close frame is seen, while a greenlet is in :meth:`~ClientConnection.recv`,
-:meth:`~ClientConnection.ping` or :meth:`~ClientConnection.close`. One greenlet at a
-time may read; any greenlet may send, and :meth:`~ClientConnection.ping` and
-:meth:`~ClientConnection.close` also work while another greenlet waits in ``recv``.
+The client reads whenever the event loop runs, that is whenever a greenlet waits
+(in :meth:`~ClientConnection.recv`, :meth:`~ClientConnection.ping`, or anywhere in a
+monkey-patched program): pings from the server are answered and messages queued for
+``recv`` meanwhile. One greenlet at a time may wait in ``recv``; any greenlet may send,
+and :meth:`~ClientConnection.ping` and :meth:`~ClientConnection.close` also work while
+another greenlet waits in ``recv``.
 """
 
 from .io.client import ClientConnection, connect

@@ -1,37 +1,30 @@
-"""The WebSocket client on gevent: the implementation behind :mod:`geo_ws.client`."""
+"""The WebSocket client on gevent: the implementation behind :mod:`geo_ws.client`.
+
+Only the opening handshake's I/O lives here (the handshake itself is
+:class:`~geo_ws.protocol.handshake.ClientHandshake`): the connection is then the server's
+:class:`~geo_ws.io.connection.Connection` in client mode, so reading, writing, limits,
+pings and the closing handshake are the same code on both sides.
+"""
 
 from __future__ import annotations
 
-import errno
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from ssl import SSLWantReadError, SSLWantWriteError
 from time import monotonic
 from types import TracebackType
-from typing import Any
 
 from gevent import getcurrent, spawn
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.event import Event
-from gevent.hub import Waiter, get_hub
-from gevent.lock import Semaphore
-from gevent.monkey import get_original
+from greenlet import greenlet
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, HandshakeError, InvalidState
 from ..protocol.handshake import ClientHandshake
-from ..protocol.machine import OPEN, Close, Failure, Message, Ping, Pong, Protocol
-from ..protocol.machine import Event as ProtocolEvent
+from .connection import Connection, Interrupted, fresh_clock
 
 __all__ = ["ClientConnection", "connect"]
-
-#: How many bytes one ``recv`` asks the kernel for.
-READ_SIZE = 65536
-
-_urandom = os.urandom
-# The stdlib's socket class, even in a monkey-patched process.
-_StdlibSocket: Any = get_original("socket", "socket")
 
 
 def connect(
@@ -128,19 +121,16 @@ def _refusal_body(sock: gsocket.socket, length: int, body: bytes) -> bytes:
     return body
 
 
-# What the timer of a wait passes to the waiter.
-_TIMED_OUT = object()
-
-# Thrown into a greenlet waiting on a socket that another greenlet closed.
-_CANCELLED = OSError(errno.EBADF, "the connection was closed by another greenlet")
-
-
 class ClientConnection:
     """One open WebSocket connection, client side; made by :func:`connect`.
 
     A context manager: leaving the ``with`` block closes the connection (1000).
     Iterating over it yields messages until the server closes normally. Use it from
     the thread that opened it (its socket waits on that thread's gevent hub).
+
+    A :class:`~geo_ws.io.connection.Connection` in client mode does the I/O. Its reader
+    is served like a server's connection: while nothing comes, the event loop watches
+    the socket and no greenlet waits; what arrives is queued for :meth:`recv`.
 
     Args:
         sock: the connected socket (gevent's, plain or TLS), after the handshake.
@@ -174,31 +164,20 @@ class ClientConnection:
         self.close_reason: str | None = None
         """None while open; then the reason that goes with :attr:`close_code`."""
 
-        # Non-blocking, waited on with watchers of our own: cheaper per message than
-        # gevent's blocking wrappers, and a read timeout that writers do not share. A
-        # plain socket becomes the stdlib's, whose recv and send are C calls.
-        self._tls = isinstance(sock, gssl.SSLSocket)
-        self._sock: Any = sock if self._tls else _StdlibSocket(fileno=sock.detach())
-        self._sock.settimeout(0.0)
-        self._hub = get_hub()
-        fileno = self._sock.fileno()
-        self._read_watcher = self._hub.loop.io(fileno, 1)
-        self._write_watcher = self._hub.loop.io(fileno, 2)
-        self._protocol = Protocol(client=True, max_message_size=max_message_size)
+        sock.settimeout(None)  # the handshake's timeout must not end an idle connection
+        self._connection = Connection(
+            sock, client=True, max_message_size=max_message_size, received=received
+        )
         self._inbox: deque[str | bytes] = deque()
-        self._write_lock = Semaphore()
-        self._blocked_writers = 0  # greenlets holding or waiting for the write lock
-        self._reading = False
-        # Set by send(): a reply cannot be there yet, so recv() waits before reading.
-        self._awaiting_reply = False
-        # Set by close() while it reads the rest of the stream itself.
-        self._draining = False
+        self._arrived = Event()  # set when a message is queued or the connection is over
+        self._receiving = False  # a greenlet waits in recv()
         self._pings: dict[bytes, Event] = {}
         self._on_message: Callable[[str | bytes], None] | None = None  # _deliver() mode
         self._on_closed: Callable[[], None] | None = None
-        self._done = Event()  # the socket is closed
-        if received:
-            self._handle(self._protocol.receive_data(received))
+        self._server: greenlet | None = None  # the greenlet running _serve, if any
+        self._done = Event()  # the connection is over
+        # Read what came with the handshake response, then park (or read on, under TLS).
+        spawn(self._serve)
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -236,122 +215,87 @@ class ClientConnection:
                     return
                 raise
 
-    # --- socket I/O -----------------------------------------------------------------------------
+    # --- the reader -----------------------------------------------------------------------------
 
-    def _wait(self, watcher: Any, deadline: float | None) -> None:
-        """Block this greenlet until ``watcher`` fires, or the connection is closed.
-
-        Raises:
-            TimeoutError: ``deadline`` passed first.
-        """
-        hub = self._hub
+    def _serve(self) -> None:
+        """Read what has arrived; park once nothing is left, or finish the closing."""
+        connection = self._connection
+        self._server = getcurrent()
         try:
-            if deadline is None:
-                hub.wait(watcher)
-                return
-            # One waiter for the socket and a timer: cheaper than a gevent.Timeout.
-            # The timer counts from the loop's clock, which stands still while nothing
-            # runs the loop (blocking code in an unpatched script): bring it up to now.
-            hub.loop.update_now()
-            timer = hub.loop.timer(max(0.0, deadline - monotonic()))
-            waiter: Waiter[object] = Waiter(hub)
-            watcher.start(waiter.switch, None)
-            timer.start(waiter.switch, _TIMED_OUT)
-            try:
-                woken_by = waiter.get()
-            finally:
-                watcher.stop()
-                timer.close()
-            if woken_by is _TIMED_OUT:
-                raise TimeoutError("timed out waiting for the server")
-        except OSError as exc:
-            if exc is not _CANCELLED:
-                raise
-            # Another greenlet closed the connection: the caller finds it closed.
-
-    def _write(self, frame: bytes) -> None:
-        """Write one frame whole, without a time limit; a lost connection ends with 1006.
-
-        Raises:
-            ConnectionClosedError: the socket failed.
-        """
-        sock = self._sock
-        try:
-            sent = 0
-            if not self._blocked_writers:
-                # Nobody waits to write: a send that takes the whole frame needs no lock
-                # (greenlets only switch when one blocks), which is the usual case.
-                try:
-                    sent = sock.send(frame)
-                except (BlockingIOError, SSLWantWriteError, SSLWantReadError):
-                    pass
-                if sent == len(frame):
+            while True:
+                message = connection.receive_nowait()
+                if message is None:
+                    self._server = None
+                    connection.park(self._serve, in_loop=self._in_loop)
                     return
-            # The kernel's buffer is full: wait for room, in turn with other writers.
-            self._blocked_writers += 1
-            if getcurrent() is self._hub:
-                # A _deliver() callback cannot wait: a greenlet finishes the write.
-                spawn(self._finish_write, frame, sent)
-                return
-            try:
-                self._write_rest(frame, sent)
-            finally:
-                self._blocked_writers -= 1
-        except OSError as exc:
-            self._abort(1006, f"connection lost: {exc}")
-            raise self._closed_error() from exc
+                self._take(message)
+        except ConnectionClosed as exc:
+            # Recorded first: a send from another greenlet meanwhile says how it ended.
+            self._set_closed(exc.code, exc.reason)
+            connection.close(connection.echo_code)  # answer the server's Close, close TCP
+        except Interrupted:  # close() asked for it
+            code, reason, _ = connection.close_request or (1000, "", False)
+            connection.close(code, reason)
+        self._server = None
+        self._end()
 
-    def _write_rest(self, frame: bytes, sent: int) -> None:
-        """Write ``frame[sent:]``, waiting for room, in turn with other writers.
+    def _in_loop(self) -> bool:
+        """In the event loop, the socket readable: take the messages that came, if that
+        is all that came (the usual case: no greenlet switch to read them)."""
+        messages = self._connection.messages_nowait()
+        if messages is None:
+            return False  # a ping, a Close...: _serve handles it all, in order
+        for message in messages:
+            self._take(message.data)
+        return True
 
-        Raises:
-            OSError: the socket failed.
-        """
-        with self._write_lock:
-            rest = memoryview(frame)[sent:]
-            while rest:
-                self._wait(self._write_watcher, None)
-                try:
-                    rest = rest[self._sock.send(rest) :]
-                except (BlockingIOError, SSLWantWriteError, SSLWantReadError):
-                    pass
+    def _take(self, message: str | bytes) -> None:
+        """Queue a message for recv(), or hand it to the _deliver() callback."""
+        on_message = self._on_message
+        if on_message is None:
+            self._inbox.append(message)
+            self._arrived.set()
+        else:
+            on_message(message)
 
-    def _finish_write(self, frame: bytes, sent: int) -> None:
-        """The rest of a write started in the hub (its writer is already counted)."""
-        try:
-            self._write_rest(frame, sent)
-        except OSError as exc:
-            self._abort(1006, f"connection lost: {exc}")
-        finally:
-            self._blocked_writers -= 1
+    def _set_closed(self, code: int, reason: str) -> None:
+        """Record how the connection ended (the first record wins)."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
 
-    def _write_quietly(self, frame: bytes) -> None:
-        """Write a control frame on the read path, where a failed write shows up later."""
-        try:
-            self._write(frame)
-        except ConnectionClosed:
-            pass
+    def _end(self) -> None:
+        """The connection is over: wake every waiter, tell a _deliver() caller."""
+        ended = self._connection.ended or (1006, "")
+        self._set_closed(*ended)
+        self._done.set()
+        self._arrived.set()
+        for waiter in self._pings.values():
+            waiter.set()  # wake ping() callers: no Pong will come
+        on_closed, self._on_closed = self._on_closed, None
+        if on_closed is not None:
+            self._pump()
+            on_closed()
+
+    def _wait(self, event: Event, timeout: float | None) -> bool:
+        """Wait for ``event`` at most ``timeout`` seconds; whether it is set."""
+        if timeout is not None:
+            fresh_clock()  # the timer starts from the loop's clock
+        return event.wait(timeout)
 
     # --- sending --------------------------------------------------------------------------------
 
     def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send one message: text for a ``str``, binary for anything bytes-like.
 
-        Blocks only while the kernel's send buffer is full (the server is not reading).
+        Never blocks: what the kernel cannot take at once waits in the connection's outbox.
 
         Raises:
             ConnectionClosed: the connection is closed or closing.
             TypeError: ``data`` is of another type.
         """
-        if not isinstance(data, (str, bytes, bytearray, memoryview)):
-            raise TypeError(f"can only send str or bytes-like, not {type(data).__name__}")
-        protocol = self._protocol
-        if protocol.state is not OPEN:
+        if not self._connection.send(data):
             raise self._closed_error()
-        self._write(
-            protocol.send_text(data) if isinstance(data, str) else protocol.send_binary(data)
-        )
-        self._awaiting_reply = True
 
     # --- receiving ------------------------------------------------------------------------------
 
@@ -373,71 +317,24 @@ class ClientConnection:
         inbox = self._inbox
         if inbox:
             return inbox.popleft()
+        self._start_reading()
         deadline = None if timeout is None else monotonic() + timeout
-        if self._reading:
-            raise InvalidState("another greenlet is already reading this connection")
-        self._reading = True
         try:
             while not inbox:
-                self._receive(deadline)
+                if self._done.is_set():
+                    raise self._closed_error()
+                self._arrived.clear()
+                remaining = None if deadline is None else max(0.0, deadline - monotonic())
+                if not self._wait(self._arrived, remaining):
+                    raise TimeoutError("timed out waiting for the server")
         finally:
-            self._reading = False
+            self._receiving = False
         return inbox.popleft()
 
     def _start_reading(self) -> None:
-        if self._reading:
+        if self._receiving or self._on_message is not None:
             raise InvalidState("another greenlet is already reading this connection")
-        self._reading = True
-
-    def _receive(self, deadline: float | None) -> None:
-        """Read once from the socket (waiting if needed) and act on what it completes.
-
-        Raises:
-            ConnectionClosed: the connection is closed (nothing more will come).
-            TimeoutError: ``deadline`` passed first.
-        """
-        if self._done.is_set():
-            raise self._closed_error()
-        if self._awaiting_reply:
-            self._awaiting_reply = False
-            # Just after a send, reading first would nearly always fail (a syscall and
-            # an exception per message): wait first. TLS may hold decrypted bytes that
-            # the socket does not show, so it always reads first.
-            if not self._tls and (deadline is None or deadline - monotonic() > 0.001):
-                self._wait(self._read_watcher, deadline)  # then read below
-        blocked_on = self._read_once()
-        if blocked_on is not None:
-            self._wait(blocked_on, deadline)  # the caller loops: it reads again next
-
-    def _read_once(self) -> Any:
-        """Read what the socket has, without waiting, and act on it.
-
-        Returns:
-            None after progress (bytes or the end of the stream), else the watcher to
-            wait on: the read watcher, or the write one when TLS must write first.
-        """
-        try:
-            data = self._sock.recv(READ_SIZE)
-        except (BlockingIOError, SSLWantReadError):
-            return self._read_watcher
-        except SSLWantWriteError:  # TLS wants to write first (rare)
-            return self._write_watcher
-        except OSError:
-            data = b""  # a reset, or closed by another greenlet: an end of stream
-        protocol = self._protocol
-        if data:
-            events = protocol.receive_data(data)
-            # Fast path: one data message, the usual case under load.
-            if len(events) == 1 and type(events[0]) is Message:
-                self._inbox.append(events[0].data)
-                return None
-        else:
-            events = protocol.receive_eof()
-            if not events:  # after the server's Close: the stream is over
-                self._shutdown()
-                return None
-        self._handle(events)
-        return None
+        self._receiving = True
 
     # --- callbacks (the load tool's closed loops) -----------------------------------------------
 
@@ -446,76 +343,30 @@ class ClientConnection:
     ) -> None:
         """Internal: hand every message to ``on_message`` as it arrives, instead of :meth:`recv`.
 
-        The callbacks run in gevent's hub (no greenlet switch per message, which is what
-        ``geo-ws load``'s ``echo`` saves): they must not block, but they may :meth:`send`.
-        Pings are answered as usual; ``on_closed()`` runs once the connection is over.
-        Used by :mod:`geo_ws.load.scenarios`; not part of the client's API.
+        The callbacks usually run in gevent's hub (no greenlet switch per message, which
+        is what ``geo-ws load``'s ``echo`` saves), else in the greenlet that reads the
+        connection: they must not block, but they may :meth:`send`. Pings are answered as usual;
+        ``on_closed()`` runs once the connection is over. Used by
+        :mod:`geo_ws.load.scenarios`; not part of the client's API.
 
         Raises:
             InvalidState: a greenlet is already reading.
         """
         self._start_reading()
+        self._receiving = False
         self._on_message = on_message
         self._on_closed = on_closed
-        self._read_watcher.start(self._pump)
-        self._pump_messages()
-
-    def _pump(self) -> None:
-        """The read watcher's callback in :meth:`_deliver` mode (runs in the hub)."""
-        if self._read_once() is self._write_watcher:
-            # TLS wants to write before it reads: let a greenlet wait for that.
-            self._read_watcher.stop()
-            spawn(self._resume_pump)
-            return
-        self._pump_messages()
-
-    def _resume_pump(self) -> None:
-        try:
-            self._wait(self._write_watcher, None)
-        finally:
-            if not self._done.is_set():
-                self._read_watcher.start(self._pump)
-
-    def _pump_messages(self) -> None:
-        """Hand queued messages to the callback; once closed, call ``on_closed``."""
-        inbox, on_message = self._inbox, self._on_message
-        assert on_message is not None
-        while inbox:
-            on_message(inbox.popleft())
-        if self.close_code is not None and self._on_closed is not None:
-            on_closed, self._on_closed = self._on_closed, None
-            self._read_watcher.stop()
-            self._reading = False
+        self._pump()
+        if self._done.is_set():
+            self._on_closed = None
             on_closed()
 
-    def _handle(self, events: list[ProtocolEvent]) -> None:
-        """Act on parsed events: queue messages, answer pings and the closing handshake."""
-        protocol = self._protocol
-        for event in events:
-            if type(event) is Message:
-                self._inbox.append(event.data)
-            elif type(event) is Ping:
-                if protocol.state is OPEN:
-                    self._write_quietly(protocol.send_pong(event.payload))
-            elif type(event) is Pong:
-                waiter = self._pings.pop(event.payload, None)
-                if waiter is not None:
-                    waiter.set()
-            elif type(event) is Close:
-                if not protocol.close_received:  # the stream ended without a Close frame
-                    self._abort(1006, "")
-                    continue
-                if not protocol.close_sent:
-                    # Echo the server's code (RFC 6455 section 5.5.1); 1005 echoes as empty.
-                    self._write_quietly(protocol.send_close(event.code, event.reason))
-                self._set_closed(event.code, event.reason)
-                if not self._draining:
-                    # The server should close TCP first, but nobody waits for it here.
-                    self._shutdown()
-            elif type(event) is Failure:
-                if not protocol.close_sent:
-                    self._write_quietly(protocol.send_close(event.code, event.reason))
-                self._abort(event.code, event.reason)
+    def _pump(self) -> None:
+        """Hand the queued messages to the _deliver() callback."""
+        inbox, on_message = self._inbox, self._on_message
+        if on_message is not None:
+            while inbox:
+                on_message(inbox.popleft())
 
     # --- pings ----------------------------------------------------------------------------------
 
@@ -523,7 +374,7 @@ class ClientConnection:
         """Send a Ping and wait for its Pong.
 
         Messages received meanwhile are kept for :meth:`recv`. Works while another greenlet
-        waits in :meth:`recv` (that greenlet then reads the Pong).
+        waits in :meth:`recv`.
 
         Args:
             data: the ping's payload (at most 125 bytes); 4 random bytes by default.
@@ -537,52 +388,37 @@ class ClientConnection:
             ConnectionClosed: the connection is closed, or closed while waiting.
             ValueError: ``data`` is longer than 125 bytes, or already waits for its Pong.
         """
-        payload = _urandom(4) if data is None else bytes(data)
+        payload = os.urandom(4) if data is None else bytes(data)
         if payload in self._pings:
             raise ValueError("a ping with this payload already waits for its pong")
-        if self._protocol.state is not OPEN:
-            raise self._closed_error()
-        frame = self._protocol.send_ping(payload)
         waiter = Event()
         self._pings[payload] = waiter
         start = monotonic()
         try:
-            self._write(frame)
-            self._wait_for(waiter, timeout)
-            if payload in self._pings:  # woken by the close: the Pong handler pops its entry
+            if not self._connection.ping(payload, lambda: self._ponged(payload)):
+                raise self._closed_error()
+            if not self._wait(waiter, timeout):
+                raise TimeoutError("timed out waiting for the server")
+            if payload in self._pings:  # woken by the end: the Pong handler pops its entry
                 raise self._closed_error()
         finally:
             self._pings.pop(payload, None)
         return monotonic() - start
 
-    def _wait_for(self, event: Event, timeout: float | None) -> None:
-        """Wait until ``event`` is set: read ourselves, or let the reading greenlet do it.
-
-        Raises:
-            TimeoutError: ``timeout`` passed first.
-            ConnectionClosed: the connection closed meanwhile (only when reading ourselves).
-        """
-        if self._reading:
-            if not event.wait(timeout):
-                raise TimeoutError("timed out waiting for the server")
-            return
-        deadline = None if timeout is None else monotonic() + timeout
-        self._start_reading()
-        try:
-            while not event.is_set():
-                self._receive(deadline)
-        finally:
-            self._reading = False
+    def _ponged(self, payload: bytes) -> None:
+        waiter = self._pings.pop(payload, None)
+        if waiter is not None:
+            waiter.set()
 
     # --- closing --------------------------------------------------------------------------------
 
     def close(self, code: int = 1000, reason: str = "", timeout: float | None = 5.0) -> None:
         """Close the connection with a closing handshake; does nothing if already closed.
 
-        Sends a Close frame, then waits (bounded) for the server's Close and for the end
-        of the TCP stream. Messages that arrive meanwhile are kept for :meth:`recv`.
-        :attr:`close_code` is then the code the server answered with (usually ``code``),
-        or 1006 if it did not answer within ``timeout``.
+        Sends a Close frame, then waits (bounded) for the server's Close. Messages that
+        arrived before are kept for :meth:`recv`. :attr:`close_code` is then the code the
+        server answered with (usually ``code``), or 1006 if it did not answer within
+        ``timeout``.
 
         Args:
             code: the close code (1000, 1001, 3000-4999...).
@@ -594,57 +430,27 @@ class ClientConnection:
         """
         if self._done.is_set():
             return
-        protocol = self._protocol
-        if protocol.state is OPEN:
-            try:
-                self._write(protocol.send_close(code, reason))
-            except ConnectionClosed:
-                return
-        try:
-            if self._reading:
-                # The reading greenlet sees the server's Close and shuts the socket.
-                self._done.wait(timeout)
-            else:
-                self._draining = True
-                self._wait_for(self._done, timeout)
-        except (TimeoutError, ConnectionClosed):
-            pass
-        finally:
-            self._draining = False
-            if not self._done.is_set():
-                self._abort(1006, "")
-
-    def _set_closed(self, code: int, reason: str) -> None:
-        """Record how the connection ended (the first record wins)."""
-        if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason
-        for waiter in self._pings.values():
-            waiter.set()  # wake ping() callers: no Pong will come
-
-    def _abort(self, code: int, reason: str) -> None:
-        """End the connection at once: record ``code`` and close the socket."""
-        self._set_closed(code, reason)
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        """Close the socket; the connection is over."""
-        if self.close_code is None:
-            self._set_closed(1006, "")
-        if self._done.is_set():
+        connection = self._connection
+        connection.close_timeout = _FOREVER if timeout is None else timeout
+        connection.request_close(code, reason)
+        if getcurrent() is self._server:
+            # Called by a _deliver() callback, in the reader: close here; the reader then
+            # finds the connection closed.
+            connection.close(code, reason)
+            self._end()
             return
-        self._done.set()
-        if self._on_closed is not None:
-            # _deliver mode: nobody waits, nothing to cancel; on_closed runs in the hub.
-            self._read_watcher.stop()
-            self._hub.loop.run_callback(self._pump_messages)
-        # A greenlet still waiting on this socket would otherwise wait forever.
-        for watcher in (self._read_watcher, self._write_watcher):
-            self._hub.cancel_wait(watcher, _CANCELLED, True)
-        self._sock.close()
+        # The reader runs the handshake, bounded by the same timeout (then a little more
+        # for the last flush): past it, the connection is dropped.
+        if not self._wait(self._done, None if timeout is None else timeout + 1.0):
+            connection.abort()
+            self._end()
 
     def _closed_error(self) -> ConnectionClosed:
         """The exception for an operation on a closed (or closing) connection."""
         if self.close_code is None:  # our Close is sent, the server's not received yet
             return ConnectionClosedError(1006, "the connection is closing")
         return ConnectionClosed.for_code(self.close_code, self.close_reason or "")
+
+
+# Connection.close takes seconds: "no limit" is a very long time.
+_FOREVER = 365 * 24 * 3600.0

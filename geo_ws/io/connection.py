@@ -43,7 +43,7 @@ from ..protocol.frames import EXTERNAL_CLOSE_CODES
 from ..protocol.machine import Close, Event, Failure, Message, Ping, Pong, Protocol
 from ..protocol.outgoing import Outgoing
 
-__all__ = ["Connection", "Interrupted", "Workers", "is_tls", "workers"]
+__all__ = ["Connection", "Interrupted", "Workers", "fresh_clock", "is_tls", "workers"]
 
 logger = logging.getLogger("geo_ws")
 
@@ -203,10 +203,10 @@ class Interrupted(Exception):
 
 
 class Connection:
-    """The I/O of one WebSocket connection, server side.
+    """The I/O of one WebSocket connection, either side (a server's, or a client's).
 
     Args:
-        sock: the client's (gevent) socket, already upgraded.
+        sock: the peer's (gevent) socket, already upgraded.
         recv: reads at most ``n`` bytes, ``b""`` at EOF; defaults to ``sock.recv``.
             Servers that buffer the request pass their buffered reader's ``read1``
             so that bytes read past the request head are not lost.
@@ -220,11 +220,15 @@ class Connection:
         ping_timeout: seconds the peer has to answer a ping before the connection is
             closed with 1011 "keepalive ping timeout".
         deflate: the permessage-deflate state negotiated in the handshake, if any.
+        client: True on the client side: frames sent are masked, frames received must not
+            be, and each send is written at once (no server-wide burst to join it with).
+        received: bytes read past the handshake response, parsed before the socket.
     """
 
     # Slots: a server holds thousands of these, mostly idle.
     __slots__ = (
         "_buffer",
+        "_client",
         "_context",
         "_direct",
         "_drained",
@@ -233,6 +237,7 @@ class Connection:
         "_fd",
         "_flush_pending",
         "_flusher",
+        "_in_loop",
         "_lost",
         "_outbox",
         "_outbox_bytes",
@@ -241,6 +246,7 @@ class Connection:
         "_parked",
         "_parse_size",
         "_ping",
+        "_pong_callbacks",
         "_queued_pong",
         "_reading",
         "_recv",
@@ -273,6 +279,8 @@ class Connection:
         ping_interval: float | None = None,
         ping_timeout: float = 20.0,
         deflate: PerMessageDeflate | None = None,
+        client: bool = False,
+        received: bytes = b"",
     ) -> None:
         self.sock = sock
         try:
@@ -298,12 +306,14 @@ class Connection:
         watcher = read_watcher(sock) if self._direct and self._recv == sock.recv else None
         self._watcher: Any = watcher  # None: a connection that cannot park
         self._buffer = None if watcher is None else _per_hub("read buffer", _read_buffer)
-        self.protocol = Protocol(max_message_size=max_message_size, deflate=deflate)
+        self._client = client
+        self.protocol = Protocol(max_message_size=max_message_size, client=client, deflate=deflate)
         self.deflate = deflate
         """The permessage-deflate state negotiated in the handshake, if any."""
         self.max_outbox_size = max_outbox_size
         self.close_timeout = close_timeout
-        self._events = _NO_EVENTS  # parsed, not yet handled: resumes where it stopped
+        # Parsed, not yet handled: resumes where it stopped.
+        self._events = iter(self.protocol.receive_data(received)) if received else _NO_EVENTS
         self._unparsed: bytes | memoryview = b""  # read, not yet parsed
         self._parse_size = FIRST_PARSE_SIZE  # how much of it to parse next
         self._turn_end = 0.0  # time.perf_counter() by which the reader lets others run
@@ -316,6 +326,7 @@ class Connection:
         self._flusher = _per_hub("flusher", lambda hub: _Flusher(hub.loop))
         self._reading: Any = None  # the greenlet blocked in recv, if any
         self._parked: Callable[[], None] | None = None  # what serves it once it wakes
+        self._in_loop: Callable[[], bool] | None = None  # what tries first, in the loop
         self._owner: greenlet | None = None  # the worker serving it since it woke up
         self._context: contextvars.Context | None = None  # the one serve runs in
         self._workers: Workers | None = None
@@ -336,6 +347,7 @@ class Connection:
         # send a ping and ping_timeout for its pong.
         self._timer: Any = None
         self._ping: tuple[bytes, float] | None = None  # payload and time of the ping in flight
+        self._pong_callbacks: dict[bytes, Callable[[], None]] | None = None  # see ping()
         if ping_interval is not None:
             self._arm(ping_interval)
 
@@ -382,8 +394,10 @@ class Connection:
             self._flusher.call_soon(self.send_outgoing, message)
             return True
         # The frame every receiver shares (what protocol.send_data returns on a server, one
-        # call less: this runs once per receiver of a broadcast).
-        frame = message.frame_for(self.deflate)
+        # call less: this runs once per receiver of a broadcast); a client masks its own.
+        frame = (
+            self.protocol.send_data(message) if self._client else message.frame_for(self.deflate)
+        )
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
             self._overflow(len(frame))
             return False
@@ -405,7 +419,11 @@ class Connection:
         outbox.append(data)
         self._outbox_bytes += len(data)
         if self._writer is None and not self._flush_pending:
-            if self._direct:
+            if self._direct and self._client:
+                # A client sends alone: waiting for the end of the turn would hold a send
+                # back in a script that blocks (time.sleep) without the event loop.
+                self._flush()
+            elif self._direct:
                 self._flush_pending = True
                 self._flusher.add(self)
             else:
@@ -568,16 +586,30 @@ class Connection:
         """Whether this connection can :meth:`park` (a plain gevent socket, read directly)."""
         return self._buffer is not None
 
-    def park(self, serve: Callable[[], None], context: contextvars.Context | None = None) -> None:
+    def park(
+        self,
+        serve: Callable[[], None],
+        context: contextvars.Context | None = None,
+        *,
+        in_loop: Callable[[], bool] | None = None,
+    ) -> None:
         """Let the owning greenlet go while there is nothing to read.
 
         The event loop watches the socket instead; once it is readable or a close is
         requested, a worker greenlet (:attr:`owner`) runs ``serve`` in ``context``;
         ``serve`` reads on with :meth:`receive_nowait` and may park again. Call it when
         :meth:`receive_nowait` returned ``None``, then return.
+
+        Args:
+            serve: what serves the connection once it wakes.
+            context: the context ``serve`` runs in (None: a fresh one).
+            in_loop: tried first when the socket is readable, in the event loop itself
+                (no greenlet switch): it reads with :meth:`messages_nowait` and returns
+                whether it handled everything; if not, ``serve`` runs for the rest.
         """
         self._parked = serve
         self._context = context
+        self._in_loop = in_loop
         if self._workers is None:
             self._workers = workers()
         self._watcher.start(self._wake)
@@ -592,10 +624,49 @@ class Connection:
     def _wake(self) -> None:
         """In the hub: the socket is readable, or a close was requested, while parked."""
         if self._parked is not None:
+            in_loop = self._in_loop
+            if in_loop is None or self.close_request is not None:
+                self._drained = False  # or a closing handshake is next: reading waits anyway
+            elif in_loop():
+                return  # handled in the loop: still parked
+            # (else in_loop read, and what is left to handle waits in _events)
             self._watcher.stop()
-            self._drained = False  # or a closing handshake is next: reading waits anyway
             self._turn_end = time.perf_counter() + TURN
             self._workers.run(self._serve_woken, self._context)  # type: ignore[union-attr]
+
+    def messages_nowait(self) -> list[Message] | None:
+        """Read once without waiting, in the event loop, for a parked connection's ``in_loop``.
+
+        Returns:
+            The messages that came, if nothing else did (no message when the socket had
+            nothing after all); else None: pings, a Close, a failure or the end of the
+            stream came too, and everything read waits, in order, for the ``serve`` of
+            :meth:`park`, which handles it with :meth:`receive_nowait`.
+        """
+        buffer = self._buffer
+        assert buffer is not None and self._parked is not None  # see park()
+        try:
+            # os.readv on the descriptor: a gevent socket would wait, and the loop cannot.
+            data = bytes(buffer[: os.readv(self._fd, (buffer,))])
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if len(data) > self._parse_size:
+            self._unparsed = data  # a flood: parsed in turns by serve (see _read_events)
+            return None
+        if data:
+            events = self.protocol.receive_data(data)
+            for event in events:
+                if type(event) is not Message:
+                    break
+            else:
+                return events  # type: ignore[return-value]  # (all messages)
+        else:
+            self._connection_lost()
+            events = self.protocol.receive_eof()
+        self._events = iter(events)
+        return None
 
     def _serve_woken(self) -> None:
         """On a worker: serve the connection woken from :meth:`park`."""
@@ -677,6 +748,12 @@ class Connection:
         return data
 
     @property
+    def ended(self) -> tuple[int, str] | None:
+        """How receiving ended, ``(code, reason)``: the peer's Close (1005 without a code),
+        the code we failed the connection with, or 1006 for a lost one; None until then."""
+        return self._ended
+
+    @property
     def echo_code(self) -> int | None:
         """The code to answer the peer's Close with: its own, or none if it sent none."""
         ended = self._ended
@@ -726,8 +803,35 @@ class Connection:
             logger.info("closing a client that did not answer a ping within %ss", self.ping_timeout)
             self.request_close(1011, "keepalive ping timeout", error=True)
 
+    def ping(self, payload: bytes, on_pong: Callable[[], None]) -> bool:
+        """Send a Ping; ``on_pong()`` runs in the reading greenlet once its Pong comes.
+
+        Args:
+            payload: the ping's payload, at most 125 bytes, not already waiting for its Pong.
+            on_pong: called once, when a Pong with the same payload is received.
+
+        Returns:
+            ``False`` when the connection can no longer carry it (then nothing is sent).
+
+        Raises:
+            ValueError: ``payload`` is longer than 125 bytes.
+        """
+        if not self.can_send:
+            return False
+        frame = self.protocol.send_ping(payload)
+        if self._pong_callbacks is None:
+            self._pong_callbacks = {}
+        self._pong_callbacks[payload] = on_pong
+        self._write(frame)
+        return True
+
     def _pong(self, payload: bytes) -> None:
         """A pong came: if it answers our ping, note the round trip and rearm."""
+        callbacks = self._pong_callbacks
+        if callbacks:
+            on_pong = callbacks.pop(payload, None)
+            if on_pong is not None:
+                on_pong()
         if self._ping is None or payload != self._ping[0]:
             return  # unsolicited, or an answer to a ping we gave up on
         self.latency = gevent.get_hub().loop.now() - self._ping[1]
@@ -789,7 +893,11 @@ class Connection:
                 with _bounded(deadline.remaining()):
                     failed = False
                     while not (self.protocol.close_received or self._lost or failed):
-                        failed = any(type(event) is Failure for event in self._read_events())
+                        for event in self._read_events():
+                            if type(event) is Failure:
+                                failed = True
+                            elif type(event) is Close and self._ended is None:
+                                self._ended = (event.code, event.reason)  # the peer's answer
         finally:
             self._close_tcp(deadline)
 
@@ -842,6 +950,18 @@ class Connection:
         self.sock.close()
 
 
+def fresh_clock() -> float:
+    """The event loop's time, brought up to date first; timers start from it.
+
+    The loop updates its clock only as it turns: in a script that is not monkey-patched
+    a ``time.sleep`` leaves it behind, and a timer started from it would expire early.
+    """
+    loop = gevent.get_hub().loop
+    loop.update_now()
+    now: float = loop.now()
+    return now
+
+
 @contextmanager
 def _bounded(seconds: float | None, error: Exception | None = None) -> Iterator[None]:
     """Run the block for at most ``seconds``; then raise ``error``, or just stop if None.
@@ -849,6 +969,7 @@ def _bounded(seconds: float | None, error: Exception | None = None) -> Iterator[
     gevent's own Timeout does the waiting: the socket layer takes any OSError, the
     builtin TimeoutError included, for a lost connection.
     """
+    fresh_clock()
     timeout = gevent.Timeout(seconds)
     timeout.start()
     try:
@@ -866,7 +987,7 @@ class _Deadline:
     """A point in time a sequence of bounded waits must all finish by."""
 
     def __init__(self, timeout: float) -> None:
-        self._end = gevent.get_hub().loop.now() + timeout
+        self._end = fresh_clock() + timeout
 
     def remaining(self) -> float:
         return max(0.0, self._end - gevent.get_hub().loop.now())

@@ -108,7 +108,7 @@ def test_text_and_binary_messages_come_back_with_their_type(client: ClientConnec
 def test_large_messages_cross_a_full_send_buffer(client: ClientConnection) -> None:
     # 3 MiB is more than the kernel buffers at once: the writer waits for room.
     payload = os.urandom(3 * 2**20)
-    client._protocol.max_message_size = None
+    client._connection.protocol.max_message_size = None
     client.send(payload)
     assert client.recv(timeout=WAIT) == payload
 
@@ -421,7 +421,7 @@ def test_wss_with_a_self_signed_certificate(tmp_path: Path) -> None:
         url = f"wss://127.0.0.1:{server.address[1]}/echo"
         with connect(url, ssl_context=context, timeout=WAIT) as conn:
             payload = os.urandom(3 * 2**20)  # more than TLS and the kernel buffer at once
-            conn._protocol.max_message_size = None
+            conn._connection.protocol.max_message_size = None
             conn.send(payload)
             conn.send("and text")
             assert conn.recv(timeout=WAIT) == payload

@@ -1,4 +1,9 @@
-"""One connection's I/O (geo_ws.io.connection) over a real socket pair."""
+"""One connection's I/O (geo_ws.io.connection) over a real socket pair.
+
+The connection core serves both sides: the protocol behaviours (pings, limits, the
+closing handshake...) are tested once, parametrized over a server's and a client's
+connection, each against a peer of the other side.
+"""
 
 from __future__ import annotations
 
@@ -16,21 +21,29 @@ from gevent.monkey import get_original
 from geo_ws.exceptions import ConnectionClosed
 from geo_ws.io.connection import BATCH_SIZE, Connection, Interrupted
 from geo_ws.protocol.frames import Opcode, encode_close, encode_frame
-from geo_ws.protocol.machine import Close, Event, Message, Pong, Protocol
+from geo_ws.protocol.machine import Close, Event, Message, Ping, Pong, Protocol
 from geo_ws.protocol.outgoing import Outgoing
 
 from ..helpers import MASK, WAIT
 
 
 class Peer:
-    """The client end of the pair: sends masked frames, parses what the server sends."""
+    """The other end of the pair: sends frames as its side does, parses what it receives.
 
-    def __init__(self, sock: socket.socket) -> None:
+    Args:
+        sock: its end of the socket pair.
+        client: whether it plays the client (it masks its frames) or the server.
+    """
+
+    def __init__(self, sock: socket.socket, *, client: bool = True) -> None:
         self.sock = sock
-        self.protocol = Protocol(client=True, max_message_size=None)
+        self.client = client
+        self.protocol = Protocol(client=client, max_message_size=None)
         self.events: list[Event] = []
 
-    def send(self, opcode: int, payload: bytes = b"", *, masked: bool = True) -> None:
+    def send(self, opcode: int, payload: bytes = b"", *, wrong_mask: bool = False) -> None:
+        """Send one frame; ``wrong_mask`` breaks RFC 6455 section 5.1 (masked iff client)."""
+        masked = self.client is not wrong_mask
         self.sock.sendall(encode_frame(opcode, payload, mask=os.urandom(4) if masked else None))
 
     def event(self) -> Event:
@@ -50,19 +63,35 @@ class Peer:
         return True
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[Connection, Peer]]:
-    server, client = socket.socketpair()
-    connection = Connection(server, close_timeout=1)
-    yield connection, Peer(client)
+def make_pair(side: str, **options: object) -> tuple[Connection, Peer]:
+    """A connection of ``side`` ("server" or "client") and its peer, the other side."""
+    ours, theirs = socket.socketpair()
+    client = side == "client"
+    connection = Connection(ours, close_timeout=1, client=client, **options)  # type: ignore[arg-type]
+    return connection, Peer(theirs, client=not client)
+
+
+@pytest.fixture(params=["server", "client"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Connection, Peer]]:
+    """A connection of either side and its peer; tests using it run for both."""
+    connection, peer = make_pair(request.param)
+    yield connection, peer
     connection.abort()
-    client.close()
+    peer.sock.close()
+
+
+@pytest.fixture
+def server_pair() -> Iterator[tuple[Connection, Peer]]:
+    connection, peer = make_pair("server")
+    yield connection, peer
+    connection.abort()
+    peer.sock.close()
 
 
 def test_a_burst_of_sends_leaves_in_one_write_at_the_end_of_the_turn(
-    pair: tuple[Connection, Peer],
+    server_pair: tuple[Connection, Peer],
 ) -> None:
-    connection, peer = pair
+    connection, peer = server_pair
     for word in ("one", "two", "three"):
         assert connection.send(word)
     peer.sock.settimeout(0.0)
@@ -84,7 +113,7 @@ def test_what_the_kernel_cannot_take_waits_in_order(pair: tuple[Connection, Peer
 def test_overflowing_the_outbox_requests_a_1008_close(
     pair: tuple[Connection, Peer], caplog: pytest.LogCaptureFixture
 ) -> None:
-    connection, _ = pair
+    connection, peer = pair
     connection.max_outbox_size = 500_000
     sent = [connection.send(b"x" * 300_000) for _ in range(5)]
     assert sent[0] and not sent[-1]
@@ -95,7 +124,8 @@ def test_overflowing_the_outbox_requests_a_1008_close(
     # What waited, and what would have been added: together over the limit.
     (warning,) = caplog.messages
     waiting, adding, limit = map(int, re.findall(r"\d+", warning))
-    assert waiting < limit < waiting + adding and adding == len(Outgoing(b"x" * 300_000).frame)
+    frame = len(Outgoing(b"x" * 300_000).frame) + (0 if peer.client else 4)  # a client's mask
+    assert waiting < limit < waiting + adding and adding == frame
     assert warning.endswith(
         f"{waiting} bytes waiting + {adding} to add exceed max_outbox_size={limit}"
     )
@@ -129,6 +159,20 @@ def test_a_send_from_another_os_thread_leaves_at_once(pair: tuple[Connection, Pe
         finished.release()
 
 
+def test_a_client_writes_each_send_at_once_masked() -> None:
+    connection, peer = make_pair("client")
+    try:
+        assert connection.send("one")
+        peer.sock.settimeout(0.0)
+        first = peer.sock.recv(100)  # written before this greenlet gave up its turn
+        assert first[:2] == b"\x81\x83" and len(first) == 2 + 4 + 3
+        assert connection.send("one")
+        assert peer.sock.recv(100)[2:6] != first[2:6]  # a fresh mask for every frame
+    finally:
+        connection.abort()
+        peer.sock.close()
+
+
 def test_send_rejects_other_types(pair: tuple[Connection, Peer]) -> None:
     connection, _ = pair
     with pytest.raises(TypeError, match="int"):
@@ -146,9 +190,9 @@ def test_receive_answers_pings_and_returns_messages(pair: tuple[Connection, Peer
 
 
 def test_pings_from_a_client_that_does_not_read_get_one_pong_queued(
-    pair: tuple[Connection, Peer],
+    server_pair: tuple[Connection, Peer],
 ) -> None:
-    connection, peer = pair
+    connection, peer = server_pair
     peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
     pings = [encode_frame(Opcode.PING, b"%d" % n, mask=MASK) for n in range(300_000)]
     peer.sock.sendall(b"".join(pings) + encode_frame(Opcode.TEXT, b"the end", mask=MASK))
@@ -168,8 +212,9 @@ def test_a_burst_of_pings_from_a_client_that_reads_gets_every_pong(
 ) -> None:
     """Coalescing is for peers that do not read (Autobahn 2.10: ten pings, ten pongs)."""
     connection, peer = pair
-    pings = [encode_frame(Opcode.PING, b"payload-%d" % n, mask=MASK) for n in range(10)]
-    peer.sock.sendall(b"".join(pings) + encode_frame(Opcode.TEXT, b"the end", mask=MASK))
+    mask = MASK if peer.client else None
+    pings = [encode_frame(Opcode.PING, b"payload-%d" % n, mask=mask) for n in range(10)]
+    peer.sock.sendall(b"".join(pings) + encode_frame(Opcode.TEXT, b"the end", mask=mask))
     assert connection.receive() == "the end"
     assert [peer.event() for _ in range(10)] == [Pong(b"payload-%d" % n) for n in range(10)]
 
@@ -198,7 +243,7 @@ def test_a_dropped_connection_is_1006(pair: tuple[Connection, Peer]) -> None:
 def test_a_protocol_error_fails_with_its_code_and_closes_tcp(pair: tuple[Connection, Peer]) -> None:
     connection, peer = pair
     peer.send(Opcode.TEXT, b"fine")
-    peer.send(Opcode.TEXT, b"unmasked", masked=False)
+    peer.send(Opcode.TEXT, b"masked as the other side would", wrong_mask=True)
     assert connection.receive() == "fine"  # events before the bad frame come first
     with pytest.raises(ConnectionClosed) as closed:
         connection.receive()
@@ -305,9 +350,9 @@ FLOODS = {
 
 @pytest.mark.parametrize("flood", FLOODS.values(), ids=FLOODS.keys())
 def test_a_flood_of_small_frames_lets_other_greenlets_run(
-    pair: tuple[Connection, Peer], flood: bytes
+    server_pair: tuple[Connection, Peer], flood: bytes
 ) -> None:
-    connection, peer = pair
+    connection, peer = server_pair
     # Room for the whole flood in the socket: every read then fills the reader's buffer.
     peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
     peer.sock.sendall(flood + encode_frame(Opcode.TEXT, b"the end", mask=MASK))
@@ -327,3 +372,64 @@ def test_a_flood_of_small_frames_lets_other_greenlets_run(
     # Without turns, the reader kept the loop for the whole flood (hundreds of ms).
     longest = max(later - earlier for earlier, later in zip(ticks, ticks[1:], strict=False))
     assert longest < 0.1, longest
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [(b"x" * 11, 1009), (b"caf\xc3", 1007), (b"\xed\xa0\x80", 1007)],
+    ids=["too-big", "truncated-utf8", "surrogate"],
+)
+def test_a_message_over_the_limit_or_invalid_text_fails_the_connection(
+    side: str, payload: bytes, code: int
+) -> None:
+    connection, peer = make_pair(side, max_message_size=10)
+    try:
+        peer.send(Opcode.TEXT, b"0123456789")  # at the limit: fine
+        peer.send(Opcode.TEXT, payload)
+        assert connection.receive() == "0123456789"
+        with pytest.raises(ConnectionClosed) as closed:
+            connection.receive()
+        assert closed.value.code == code
+        close = peer.event()
+        assert isinstance(close, Close) and close.code == code
+        assert not connection.can_send
+    finally:
+        connection.abort()
+        peer.sock.close()
+
+
+def test_ping_calls_back_when_its_pong_comes(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    ponged: list[bytes] = []
+    assert connection.ping(b"one", lambda: ponged.append(b"one"))
+    assert connection.ping(b"two", lambda: ponged.append(b"two"))
+    assert (peer.event(), peer.event()) == (Ping(b"one"), Ping(b"two"))
+    peer.send(Opcode.PONG, b"two")
+    peer.send(Opcode.PONG, b"unsolicited")
+    peer.send(Opcode.TEXT, b"then a message")
+    assert connection.receive() == "then a message"
+    assert ponged == [b"two"]
+
+
+def test_close_records_the_peer_answer(pair: tuple[Connection, Peer]) -> None:
+    connection, peer = pair
+    closing = gevent.spawn(connection.close, 4000, "done")
+    assert peer.event() == Close(4000, "done")
+    peer.send(Opcode.CLOSE, encode_close(4001, "agreed"))
+    closing.get(timeout=WAIT)
+    assert connection.ended == (4001, "agreed")
+    with pytest.raises(ConnectionClosed) as closed:
+        connection.receive()
+    assert closed.value.code == 4001
+
+
+def test_bytes_received_with_the_handshake_are_read_first() -> None:
+    ours, theirs = socket.socketpair()
+    connection = Connection(ours, client=True, received=encode_frame(Opcode.TEXT, b"early"))
+    try:
+        theirs.sendall(encode_frame(Opcode.TEXT, b"later"))
+        assert (connection.receive(), connection.receive()) == ("early", "later")
+    finally:
+        connection.abort()
+        theirs.close()
