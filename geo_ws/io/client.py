@@ -18,6 +18,7 @@ from gevent import getcurrent, spawn
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.event import Event
+from gevent.hub import get_hub
 from greenlet import greenlet
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, HandshakeError, InvalidState
@@ -176,6 +177,7 @@ class ClientConnection:
         self._on_closed: Callable[[], None] | None = None
         self._server: greenlet | None = None  # the greenlet running _serve, if any
         self._done = Event()  # the connection is over
+        self._hub = get_hub()
         # Read what came with the handshake response, then park (or read on, under TLS).
         spawn(self._serve)
 
@@ -288,14 +290,18 @@ class ClientConnection:
     def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send one message: text for a ``str``, binary for anything bytes-like.
 
-        Never blocks: what the kernel cannot take at once waits in the connection's outbox.
+        Blocks only while the kernel's send buffer is full (the server is not reading);
+        never in a :meth:`_deliver` callback that runs in the event loop.
 
         Raises:
             ConnectionClosed: the connection is closed or closing.
             TypeError: ``data`` is of another type.
         """
-        if not self._connection.send(data):
+        connection = self._connection
+        if not connection.send(data):
             raise self._closed_error()
+        if getcurrent() is not self._hub:
+            connection.wait_written()
 
     # --- receiving ------------------------------------------------------------------------------
 
@@ -317,7 +323,8 @@ class ClientConnection:
         inbox = self._inbox
         if inbox:
             return inbox.popleft()
-        self._start_reading()
+        self._check_no_reader()
+        self._receiving = True
         deadline = None if timeout is None else monotonic() + timeout
         try:
             while not inbox:
@@ -331,10 +338,9 @@ class ClientConnection:
             self._receiving = False
         return inbox.popleft()
 
-    def _start_reading(self) -> None:
+    def _check_no_reader(self) -> None:
         if self._receiving or self._on_message is not None:
             raise InvalidState("another greenlet is already reading this connection")
-        self._receiving = True
 
     # --- callbacks (the load tool's closed loops) -----------------------------------------------
 
@@ -352,8 +358,7 @@ class ClientConnection:
         Raises:
             InvalidState: a greenlet is already reading.
         """
-        self._start_reading()
-        self._receiving = False
+        self._check_no_reader()
         self._on_message = on_message
         self._on_closed = on_closed
         self._pump()

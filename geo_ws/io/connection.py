@@ -378,7 +378,18 @@ class Connection:
         Raises:
             TypeError: ``data`` is neither ``str`` nor bytes-like.
         """
-        return self.send_outgoing(Outgoing(data))
+        if not self._client or _thread_id() != self._flusher.thread:
+            return self.send_outgoing(Outgoing(data))
+        # A client's frame is its own (masked): nothing to share, no Outgoing to build.
+        if not self.can_send:
+            return False
+        if type(data) is str:
+            return self._queue(self.protocol.send_text(data))
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return self._queue(self.protocol.send_binary(data))
+        raise TypeError(
+            f"can only send str (text) or bytes-like (binary), not {type(data).__name__}"
+        )
 
     def send_outgoing(self, message: Outgoing) -> bool:
         """Send a message prepared once for many connections (see :class:`Outgoing`).
@@ -398,6 +409,14 @@ class Connection:
         frame = (
             self.protocol.send_data(message) if self._client else message.frame_for(self.deflate)
         )
+        if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
+            self._overflow(len(frame))
+            return False
+        self._write(frame)  # (what _queue does, without a call: once per receiver)
+        return True
+
+    def _queue(self, frame: bytes) -> bool:
+        """Write a frame, or close with 1008 if the outbox would overflow (then False)."""
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
             self._overflow(len(frame))
             return False
@@ -509,6 +528,16 @@ class Connection:
             self._connection_lost()
         finally:
             self._writer = None
+
+    def wait_written(self) -> None:
+        """Wait until what is queued is written, if the writer greenlet is still at it.
+
+        A sender that must not outrun its peer calls it after sending, from a greenlet
+        (never the event loop): it then waits only while the kernel's buffer is full.
+        """
+        writer = self._writer
+        if writer is not None:
+            writer.join()
 
     def _overflow(self, adding: int) -> None:
         """The client does not read fast enough to take ``adding`` more bytes: drop what

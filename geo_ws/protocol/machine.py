@@ -396,7 +396,8 @@ class Protocol:
         Raises:
             InvalidState: a Close frame was sent, or the connection is closed.
         """
-        self._check_can_send()
+        if self.close_sent or self.state is CLOSED:  # tested inline: once per receiver
+            self._check_can_send()  # raises
         if self._client:
             return encode_frame(message.opcode, message.payload, mask=_new_mask())
         return message.frame_for(self._deflate)

@@ -79,6 +79,13 @@ def make_app() -> Flask:
             abort(403)
 
     WebSocket(app, "/forbidden")
+
+    sink = WebSocket(app, "/sink", max_message_size=2**20)
+
+    @sink.on("message")
+    def on_sink(msg: bytes) -> None:
+        return None
+
     return app
 
 
@@ -111,6 +118,17 @@ def test_large_messages_cross_a_full_send_buffer(client: ClientConnection) -> No
     client._connection.protocol.max_message_size = None
     client.send(payload)
     assert client.recv(timeout=WAIT) == payload
+
+
+def test_a_sender_waits_for_a_slow_server_rather_than_overflow(address: str) -> None:
+    # 48 MiB sent without reading: far more than the outbox takes (16 MiB). Each send
+    # waits while the kernel's buffer is full, as a blocking client's would.
+    with connect(f"ws://{address}/sink", timeout=WAIT) as conn:
+        chunk = os.urandom(2**20)
+        for _ in range(48):
+            conn.send(chunk)
+        assert conn.ping(timeout=WAIT) > 0
+        assert not conn.closed
 
 
 def test_sends_from_many_greenlets_never_interleave(client: ClientConnection) -> None:
