@@ -381,15 +381,23 @@ class Connection:
         if not self._client or _thread_id() != self._flusher.thread:
             return self.send_outgoing(Outgoing(data))
         # A client's frame is its own (masked): nothing to share, no Outgoing to build.
-        if not self.can_send:
+        # (can_send and the outbox check inline: this is the load tool's every message.)
+        protocol = self.protocol
+        if protocol.close_sent or self._lost or self._overflowed:
             return False
         if type(data) is str:
-            return self._queue(self.protocol.send_text(data))
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            return self._queue(self.protocol.send_binary(data))
-        raise TypeError(
-            f"can only send str (text) or bytes-like (binary), not {type(data).__name__}"
-        )
+            frame = protocol.send_text(data)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            frame = protocol.send_binary(data)
+        else:
+            raise TypeError(
+                f"can only send str (text) or bytes-like (binary), not {type(data).__name__}"
+            )
+        if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
+            self._overflow(len(frame))
+            return False
+        self._write(frame)
+        return True
 
     def send_outgoing(self, message: Outgoing) -> bool:
         """Send a message prepared once for many connections (see :class:`Outgoing`).
@@ -409,14 +417,6 @@ class Connection:
         frame = (
             self.protocol.send_data(message) if self._client else message.frame_for(self.deflate)
         )
-        if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
-            self._overflow(len(frame))
-            return False
-        self._write(frame)  # (what _queue does, without a call: once per receiver)
-        return True
-
-    def _queue(self, frame: bytes) -> bool:
-        """Write a frame, or close with 1008 if the outbox would overflow (then False)."""
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
             self._overflow(len(frame))
             return False
