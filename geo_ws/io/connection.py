@@ -393,10 +393,23 @@ class Connection:
             raise TypeError(
                 f"can only send str (text) or bytes-like (binary), not {type(data).__name__}"
             )
-        if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
-            self._overflow(len(frame))
-            return False
-        self._write(frame)
+        if self._outbox or self._writer is not None or self._lost or not self._direct:
+            if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
+                self._overflow(len(frame))
+                return False
+            self._write(frame)
+            return True
+        # Nothing waits: straight into the kernel's buffer (what _write and _flush do,
+        # without the outbox); what it cannot take waits for the writer.
+        try:
+            sent = os.write(self._fd, frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._connection_lost()  # as _flush: the reader finds it lost
+            return True
+        if sent < len(frame):
+            self._write(memoryview(frame)[sent:])
         return True
 
     def send_outgoing(self, message: Outgoing) -> bool:
