@@ -53,6 +53,8 @@ READ_SIZE = 2**17
 #: before it lets every other ready greenlet run (one client's flood must not starve
 #: the others, nor gunicorn's heartbeat).
 TURN = 0.001
+#: Messages handled between two looks at the clock (see _receive).
+TURN_MESSAGES = 32
 #: The least the protocol parses at a time, and the most at first (see _read_events).
 MIN_PARSE_SIZE = 2**11
 FIRST_PARSE_SIZE = 2**14
@@ -253,6 +255,7 @@ class Connection:
         "_tcp_closed",
         "_timer",
         "_turn_end",
+        "_turn_messages",
         "_unparsed",
         "_watcher",
         "_workers",
@@ -317,6 +320,7 @@ class Connection:
         self._unparsed: bytes | memoryview = b""  # read, not yet parsed
         self._parse_size = FIRST_PARSE_SIZE  # how much of it to parse next
         self._turn_end = 0.0  # time.perf_counter() by which the reader lets others run
+        self._turn_messages = 0
         self._outbox = _NO_OUTBOX
         self._outbox_bytes = 0
         # The last Pong queued: while it waits in the outbox, it answers later pings too.
@@ -605,8 +609,14 @@ class Connection:
         while True:
             for event in self._events:
                 if type(event) is Message:
-                    if time.perf_counter() > self._turn_end:
-                        self._yield()  # before the handler, which counts in the turn
+                    # The turn is checked every TURN_MESSAGES messages: a burst of a few
+                    # messages whose handlers fan out (a broadcast) is served in one turn,
+                    # so its frames leave in one write per receiver.
+                    self._turn_messages += 1
+                    if self._turn_messages >= TURN_MESSAGES:
+                        self._turn_messages = 0
+                        if time.perf_counter() > self._turn_end:
+                            self._yield()  # before the handler, which counts in the turn
                     return event.data
                 if type(event) is Ping:
                     self._answer(event.payload)
