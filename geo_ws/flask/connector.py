@@ -229,11 +229,13 @@ class WebSocketConnector:
             raise
         self._registry.remove(self.id)
         request_ = connection.close_request
-        self._dispatch("close", "", deliver=connection.can_send and not (request_ and request_[2]))
+        self._dispatch(
+            "close", "", deliver=connection.can_send and not (request_ and request_.error)
+        )
         # A failing close handler turns a clean local close into 1011.
         request_ = connection.close_request
         if request_ is not None:
-            connection.close(request_[0], request_[1])
+            connection.close(request_.code, request_.reason)
         else:
             connection.close(connection.echo_code, "")
         self._end()

@@ -23,7 +23,7 @@ from greenlet import greenlet
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, HandshakeError, InvalidState
 from ..protocol.handshake import ClientHandshake
-from .connection import Connection, Interrupted, fresh_clock
+from .connection import CloseRequest, Connection, Interrupted, fresh_clock
 
 __all__ = ["ClientConnection", "connect"]
 
@@ -236,8 +236,8 @@ class ClientConnection:
             self._set_closed(exc.code, exc.reason)
             connection.close(connection.echo_code)  # answer the server's Close, close TCP
         except Interrupted:  # close() asked for it
-            code, reason, _ = connection.close_request or (1000, "", False)
-            connection.close(code, reason)
+            request = connection.close_request or CloseRequest(1000, "", False)
+            connection.close(request.code, request.reason)
         self._server = None
         self._end()
 

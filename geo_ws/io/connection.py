@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from weakref import WeakKeyDictionary
 
 import gevent
@@ -37,13 +37,21 @@ from gevent.monkey import get_original
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from .._compat.gevent import read_watcher, wait_readable
-from ..exceptions import ConnectionClosed
+from ..exceptions import ConnectionClosed, WebSocketError
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.frames import EXTERNAL_CLOSE_CODES
 from ..protocol.machine import Close, Event, Failure, Message, Ping, Pong, Protocol
 from ..protocol.outgoing import Outgoing
 
-__all__ = ["Connection", "Interrupted", "Workers", "fresh_clock", "is_tls", "workers"]
+__all__ = [
+    "CloseRequest",
+    "Connection",
+    "Interrupted",
+    "Workers",
+    "fresh_clock",
+    "is_tls",
+    "workers",
+]
 
 logger = logging.getLogger("geo_ws")
 
@@ -200,6 +208,15 @@ def is_tls(sock: socket.socket) -> bool:
 _TLS_TYPES: dict[type, bool] = {}
 
 
+class CloseRequest(NamedTuple):
+    """A close asked for by the app (or the server), to be carried out by the owner."""
+
+    code: int
+    reason: str
+    error: bool
+    """The connection failed (a handler's error): close handlers see no clean close."""
+
+
 class Interrupted(Exception):
     """Raised inside :meth:`Connection.receive` when a close was requested meanwhile."""
 
@@ -341,7 +358,7 @@ class Connection:
         self._ended: tuple[int, str] | None = None
         self._overflowed = False
         self._tcp_closed = False
-        self.close_request: tuple[int, str, bool] | None = None
+        self.close_request: CloseRequest | None = None
         """``(code, reason, error)`` once a local close was requested, else ``None``."""
         self.latency: float | None = None
         """The last keepalive ping's round trip, in seconds."""
@@ -624,6 +641,7 @@ class Connection:
                     self._pong(event.payload)
                 elif type(event) is Close or type(event) is Failure:
                     if type(event) is Failure:
+                        self._log_parser_bug()
                         self._fail(event.code, event.reason)
                     self._ended = (event.code, event.reason)
                     raise ConnectionClosed.for_code(event.code, event.reason)
@@ -822,8 +840,8 @@ class Connection:
             with _bounded(timeout, TimeoutError(f"no message within {timeout} s")):
                 return self.receive()
         except Interrupted:
-            code, reason, _ = self.close_request or (1000, "", False)
-            raise ConnectionClosed.for_code(code, reason) from None
+            request = self.close_request or CloseRequest(1000, "", False)
+            raise ConnectionClosed.for_code(request.code, request.reason) from None
 
     # -- keepalive ---------------------------------------------------------------------
 
@@ -913,7 +931,7 @@ class Connection:
             return
         if self.close_request is not None:
             return
-        self.close_request = (code, reason, error)
+        self.close_request = CloseRequest(code, reason, error)
         if self._reading is not None:
             gevent.get_hub().loop.run_callback(self._interrupt)
         elif self._parked is not None:
@@ -936,7 +954,7 @@ class Connection:
             return
         if self.close_request is None:
             # Later requests must not interrupt the handshake below.
-            self.close_request = (1000 if code is None else code, reason, False)
+            self.close_request = CloseRequest(1000 if code is None else code, reason, False)
         deadline = _Deadline(self.close_timeout)
         if not self.protocol.close_sent and not self._lost:
             self._write(self.protocol.send_close(code, reason))
@@ -952,6 +970,12 @@ class Connection:
                                 self._ended = (event.code, event.reason)  # the peer's answer
         finally:
             self._close_tcp(deadline)
+
+    def _log_parser_bug(self) -> None:
+        """Log what made the protocol fail when it was not the peer's fault but a bug."""
+        exc = self.protocol.parser_exc
+        if exc is not None and not isinstance(exc, WebSocketError):
+            logger.error("the WebSocket protocol failed on what the peer sent", exc_info=exc)
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection: send Close with ``code`` and close TCP without waiting."""

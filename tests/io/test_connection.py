@@ -7,6 +7,7 @@ connection, each against a peer of the other side.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -229,6 +230,28 @@ def test_receive_raises_connection_closed_with_the_peer_code(pair: tuple[Connect
     connection.close(4000)
     assert peer.event() == Close(4000, "")
     assert peer.at_eof()  # then TCP closes
+
+
+def test_a_bug_in_the_parser_is_logged_and_closes_with_1011(
+    pair: tuple[Connection, Peer], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The peer is told nothing but "internal error"; the log gets the traceback."""
+    connection, peer = pair
+
+    parse = Protocol._parse
+
+    def broken(self: Protocol, data: bytes, events: list[Event]) -> None:
+        if self is connection.protocol:
+            raise RuntimeError("a bug in the parser")
+        parse(self, data, events)  # the peer's
+
+    monkeypatch.setattr(Protocol, "_parse", broken)
+    peer.send(Opcode.TEXT, b"hello")
+    with caplog.at_level(logging.ERROR, logger="geo_ws"), pytest.raises(ConnectionClosed) as closed:
+        connection.receive()
+    assert closed.value.code == 1011
+    assert "a bug in the parser" in caplog.text and "Traceback" in caplog.text
+    assert peer.event() == Close(1011, "internal error")
 
 
 def test_a_dropped_connection_is_1006(pair: tuple[Connection, Peer]) -> None:
