@@ -181,6 +181,20 @@ _mask_pool = b""
 _mask_pos = 0
 
 
+def _whole_message(text: bool, data: bytes) -> Message:
+    """The message of one whole unfragmented frame's (unmasked) payload.
+
+    Raises:
+        InvalidUTF8: a text message that is not UTF-8.
+    """
+    if not text:
+        return Message(data)
+    try:
+        return Message(data.decode())
+    except UnicodeDecodeError:
+        raise InvalidUTF8("invalid UTF-8 in text message") from None
+
+
 def _new_mask() -> bytes:
     """Four fresh random bytes: the masking key of one frame (RFC 6455 section 5.3)."""
     global _mask_pool, _mask_pos
@@ -512,13 +526,7 @@ class Protocol:
                     if mask_bit:
                         data = unmask(data, buf[start - 4 : start])
                     pos = end
-                    if first == 0x81:
-                        try:
-                            append(Message(data.decode()))
-                        except UnicodeDecodeError:
-                            raise InvalidUTF8("invalid UTF-8 in text message") from None
-                    else:
-                        append(Message(data))
+                    append(_whole_message(first == 0x81, data))
                     continue
 
             # Frame header (RFC 6455 section 5.2): check each field as soon as it is here.
@@ -602,13 +610,7 @@ class Protocol:
                 # A whole unfragmented message the fast path did not take (over 125 bytes).
                 data = unmask(view[start:end], mask) if mask else buf[start:end]
                 pos = end
-                if opcode == _TEXT:
-                    try:
-                        append(Message(data.decode()))
-                    except UnicodeDecodeError:
-                        raise InvalidUTF8("invalid UTF-8 in text message") from None
-                else:
-                    append(Message(data))
+                append(_whole_message(opcode == _TEXT, data))
                 continue
 
             # A fragment, or a frame that has not fully arrived: feed the payload to the message.
