@@ -14,7 +14,9 @@ from flask import Flask
 from flask.ctx import AppContext
 
 if TYPE_CHECKING:
-    from flask.ctx import RequestContext
+    # The context that holds a request, for annotations: Flask 3.1's RequestContext,
+    # 3.2's AppContext (where RequestContext is a deprecated alias of it).
+    from flask.ctx import RequestContext as RequestScope
 
 __all__ = [
     "CONTEXT_HOLDS_REQUEST",
@@ -23,6 +25,8 @@ __all__ = [
     "mark_serving",
     "push_without_matching",
 ]
+if TYPE_CHECKING:
+    __all__ += ["RequestScope"]
 
 #: Flask 3.2 on: one context type holds the app and the request.
 CONTEXT_HOLDS_REQUEST = hasattr(AppContext, "request")
@@ -37,7 +41,7 @@ def current_object(proxy: Any) -> Any:
     return proxy._get_current_object()
 
 
-def current_request_context() -> RequestContext:
+def current_request_context() -> RequestScope:
     """The active context holding the current request, to be pushed again later."""
     if CONTEXT_HOLDS_REQUEST:
         from flask.globals import app_ctx
@@ -48,7 +52,7 @@ def current_request_context() -> RequestContext:
     return current_object(request_ctx)  # type: ignore[no-any-return]
 
 
-def push_without_matching(context: RequestContext) -> None:
+def push_without_matching(context: RequestScope) -> None:
     """Push a request context without matching its URL again: the rule matched stands.
 
     Pushing a request context matches the request's URL when the context has a URL

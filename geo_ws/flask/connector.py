@@ -24,8 +24,7 @@ from .appstate import app_state
 from .params import QueryParams
 
 if TYPE_CHECKING:
-    from flask.ctx import RequestContext
-
+    from .._compat.flask import RequestScope
     from .endpoint import WebSocket
 
 __all__ = ["Data", "WebSocketConnector"]
@@ -73,7 +72,7 @@ class WebSocketConnector:
         self._ended_in_receive = False
         # The request context this connection holds past the view (popped at _end), and
         # the greenlet context that holds it.
-        self._request_context: RequestContext | None = None
+        self._request_context: RequestScope | None = None
         self._context: contextvars.Context | None = None
         # Served without Flask's dispatch (direct_lane): the rule matched, until the
         # request context is made for the first handler.
@@ -254,7 +253,7 @@ class WebSocketConnector:
             connections.detach(connection)
         connection.park(self._serve, self._context)
 
-    def _push(self, context: RequestContext) -> None:
+    def _push(self, context: RequestScope) -> None:
         """Push ``context`` without matching the URL again: the rule matched stands."""
         push_without_matching(context)
         self._request_context = context

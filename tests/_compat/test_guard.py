@@ -25,7 +25,7 @@ SOURCES = sorted(
 #: Internals without an underscore that no library documents (named in the review).
 UNDOCUMENTED = re.compile(
     r"\b(ggevent|GeventResponse|wsgi_input|headers_sent|_got_first_request|request_ctx"
-    r"|RequestContext\(|url_adapter)\b|[\"']access_log_enabled[\"']"
+    r"|RequestContext|url_adapter)\b|[\"']access_log_enabled[\"']"
 )
 
 
