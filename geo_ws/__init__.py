@@ -46,6 +46,7 @@ _EXPORTS = {
     "MemoryBroker": "delivery.broker",
     "RedisBroker": "delivery.broker",
     "Emitter": "delivery.emitter",
+    "Recovery": "delivery.history",
 }
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "PayloadTooBig",
     "ProtocolError",
     "QueryParams",
+    "Recovery",
     "RedisBroker",
     "Server",
     "WebSocket",
@@ -77,6 +79,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .delivery.broker import Broker, MemoryBroker, RedisBroker
     from .delivery.emitter import Emitter
+    from .delivery.history import Recovery
     from .exceptions import (
         ConnectionClosed,
         ConnectionClosedError,

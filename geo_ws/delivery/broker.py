@@ -442,6 +442,7 @@ class RedisBroker(Broker):
         self._publisher: Greenlet[Any, None] | None = None
         self._listener: Greenlet[Any, None] | None = None
         self._dropping = False
+        self._commands: redis.Redis | None = None
         self._malformed = _RateLimitedLog(logging.WARNING)
         self._errors = _RateLimitedLog(logging.ERROR)
 
@@ -466,6 +467,13 @@ class RedisBroker(Broker):
 
         options = {"retry": Retry(NoBackoff(), retries), **options, **self._redis_options}
         return redis.Redis.from_url(self.url, **options)
+
+    def redis(self) -> redis.Redis:
+        """This process's client for plain commands (sessions, presence), made on first use."""
+        self._check_process()
+        if self._commands is None:
+            self._commands = self._client(1, socket_timeout=5.0, socket_connect_timeout=2.0)
+        return self._commands
 
     # -- publishing ----------------------------------------------------------------------
 
