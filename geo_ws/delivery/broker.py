@@ -52,6 +52,7 @@ from ..io.connection import Connection
 from ..protocol.envelope import Envelope, Kind, Sequencer, channel_all, channel_of, close_payload
 from ..protocol.frames import BytesLike, Opcode, parse_close
 from ..protocol.outgoing import Outgoing
+from .history import Entry, MemoryLog, Position, Recovery
 from .ids import node_id, node_of
 from .registry import Registry
 
@@ -130,6 +131,7 @@ class Broker:
 
     def __init__(self) -> None:
         self._registries: dict[str, list[Registry]] = {}
+        self._recovery: dict[str, Recovery] = {}
         self._hooks: dict[str, list[Callable[..., Any]]] = {event: [] for event in BROKER_EVENTS}
         self.stats = BrokerStats()
         """This process's counters."""
@@ -144,6 +146,8 @@ class Broker:
         registries = self._registries.setdefault(registry.key, [])
         if registry not in registries:
             registries.append(registry)
+        if registry.recovery is not None:
+            self._recovery.setdefault(registry.key, registry.recovery)
 
     def listen(self) -> None:
         """Receive from other processes from now on (a no-op here).
@@ -189,16 +193,78 @@ class Broker:
         """
         return True
 
+    # -- history -------------------------------------------------------------------------
+
+    def top(self, endpoint: str) -> Position:
+        """The position of the newest entry of a recovery endpoint's log.
+
+        May do I/O: call it from a connection's greenlet.
+
+        Raises:
+            KeyError: ``endpoint`` has no recovery here.
+        """
+        raise NotImplementedError
+
+    def replay(self, endpoint: str, since: Position) -> list[Entry] | None:
+        """The entries of a recovery endpoint's log after ``since``, in order.
+
+        All of them: the caller keeps what concerns its client (broadcasts, its rooms,
+        sends to and closes of its id).
+
+        Returns:
+            ``None`` when ``since`` is of another epoch, or when the log no longer holds
+            the entry after it (trimmed).
+
+        Raises:
+            KeyError: ``endpoint`` has no recovery here.
+        """
+        raise NotImplementedError
+
+    def _append(
+        self, kind: Kind, endpoint: str, target: str, message: Outgoing | None, payload: Any
+    ) -> int:
+        """Put a send to a recovery endpoint in its log, for delivery from there.
+
+        Returns:
+            How many connections of this process it reached already.
+        """
+        raise NotImplementedError
+
+    def _deliver_entry(self, envelope: Envelope, offset: int, message: Outgoing | None) -> int:
+        """Deliver an entry of a recovery endpoint's log to this process's connections,
+        positioned at ``offset`` (``message``: its prepared message, if there is one)."""
+        kind = envelope.kind
+        if kind is Kind.CLOSE:
+            code, reason = parse_close(envelope.payload)
+            return int(self._close_here(envelope.endpoint, envelope.target, code, reason))
+        if message is None:
+            message = envelope.outgoing()
+        registries = self._registries.get(envelope.endpoint, ())
+        if kind is Kind.SEND_TO:
+            return sum(
+                registry.deliver_to(envelope.target, message, offset) for registry in registries
+            )
+        room = envelope.target if kind is Kind.ROOM else None
+        return sum(registry.deliver(message, room, offset=offset) for registry in registries)
+
     # -- sending -------------------------------------------------------------------------
 
     def send_to(self, endpoint: str, connection_id: str, data: str | BytesLike) -> bool:
         """Send to one connection of ``endpoint``, wherever it is.
 
+        On a recovery endpoint every send goes to the endpoint's log, whatever the id:
+        the node that holds the id when it comes out gets it (ids roam when clients
+        resume).
+
         Returns:
             ``True`` if a connection here took it, or if it was forwarded to the node
-            that holds the id (which drops it if the client is gone); ``False`` if the
-            id belongs to this process and is not connected.
+            that holds the id (which drops it if the client is gone) or to the log;
+            ``False`` if the id belongs to this process and is not connected.
         """
+        if endpoint in self._recovery:
+            message = Outgoing(data)
+            self._append(Kind.SEND_TO, endpoint, connection_id, message, message.payload)
+            return True
         connection = self._find(endpoint, connection_id)
         if connection is not None:
             return connection.send(data)
@@ -215,9 +281,13 @@ class Broker:
         """Send to every connection of ``endpoint`` (or of its ``room``) everywhere.
 
         Returns:
-            How many connections of this process took it.
+            How many connections of this process took it (on a recovery endpoint with
+            Redis: 0, they get it when it comes back from the log).
         """
         message = Outgoing(data)
+        if endpoint in self._recovery:
+            kind = Kind.BROADCAST if room is None else Kind.ROOM
+            return self._append(kind, endpoint, room or "", message, message.payload)
         delivered = sum(
             registry.deliver(message, room) for registry in self._registries.get(endpoint, ())
         )
@@ -235,6 +305,9 @@ class Broker:
             ValueError: ``code`` may not be sent in a Close frame.
         """
         payload = close_payload(code, reason)
+        if endpoint in self._recovery:
+            self._append(Kind.CLOSE, endpoint, connection_id, None, payload)
+            return True
         if self._close_here(endpoint, connection_id, code, reason):
             return True
         node = node_of(connection_id)
@@ -305,7 +378,41 @@ class MemoryBroker(Broker):
 
     Nothing to install or configure. ``send_to`` an id of another process returns
     ``False``, as for any id that is not connected here.
+
+    A recovery endpoint's log is kept in memory, under an epoch of this process; its
+    sends are appended and delivered at once, positioned.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logs: dict[str, MemoryLog] = {}
+        self._pid = os.getpid()
+
+    def _log(self, endpoint: str) -> MemoryLog:
+        if self._pid != os.getpid():  # forked: a new process, a new history
+            self._pid = os.getpid()
+            self._logs.clear()
+        log = self._logs.get(endpoint)
+        if log is None:
+            log = self._logs[endpoint] = MemoryLog(self._recovery[endpoint])
+        return log
+
+    def top(self, endpoint: str) -> Position:
+        """The position of the newest entry of a recovery endpoint's log (no I/O)."""
+        return self._log(endpoint).top()
+
+    def replay(self, endpoint: str, since: Position) -> list[Entry] | None:
+        """The entries of a recovery endpoint's log after ``since`` (no I/O); see
+        :meth:`Broker.replay`."""
+        return self._log(endpoint).replay(since)
+
+    def _append(
+        self, kind: Kind, endpoint: str, target: str, message: Outgoing | None, payload: Any
+    ) -> int:
+        opcode = Opcode.CLOSE if message is None else message.opcode
+        envelope = Envelope(kind, opcode, endpoint, target, bytes(payload))
+        offset = self._log(endpoint).append(envelope)
+        return self._deliver_entry(envelope, offset, message)
 
     def _forward(
         self, node: str | None, kind: Kind, endpoint: str, target: str, opcode: int, payload: Any

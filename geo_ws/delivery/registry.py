@@ -1,14 +1,23 @@
-"""The connections of one endpoint in one process, addressed by id, and their rooms."""
+"""The connections of one endpoint in one process, addressed by id, and their rooms.
+
+On an endpoint with recovery every message has a position in the endpoint's log: a
+connection added with a ``framer`` gets each one framed with its offset (the resume
+wire), and a held connection (while it resumes) gets them buffered until released.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ..io.connection import Connection
 from ..protocol.outgoing import Outgoing
+from .history import Recovery
 
-__all__ = ["Registry"]
+__all__ = ["Framer", "Registry"]
+
+Framer = Callable[[Outgoing, int], Outgoing]
+"""Makes the message a connection gets for a message at an offset of the log."""
 
 logger = logging.getLogger("geo_ws")
 
@@ -20,18 +29,36 @@ class Registry:
         key: the endpoint's name across processes (its URL rule, e.g. ``/chat/ws``):
             what brokers put in an envelope so that other processes find the same
             endpoint.
+        recovery: the endpoint's history for clients that come back, or ``None``: then
+            its broker keeps a log of everything sent to it and delivers positioned.
     """
 
-    def __init__(self, key: str = "") -> None:
+    def __init__(self, key: str = "", recovery: Recovery | None = None) -> None:
         self.key = key
         """The endpoint's name across processes."""
+        self.recovery = recovery
+        """The endpoint's history (``None``: no recovery)."""
         self._connections: dict[str, Connection] = {}
         self._rooms: dict[str, dict[str, Connection]] = {}
         self._memberships: dict[str, set[str]] = {}
+        self._framers: dict[str, Framer] = {}
+        self._held: dict[str, list[tuple[int, Outgoing]]] = {}
 
-    def add(self, connection_id: str, connection: Connection) -> None:
-        """Register an open connection under its id."""
+    def add(
+        self, connection_id: str, connection: Connection, *, framer: Framer | None = None
+    ) -> None:
+        """Register an open connection under its id.
+
+        Args:
+            connection_id: its id.
+            connection: the connection.
+            framer: for positioned deliveries, makes what this connection gets from the
+                message and its offset (once per message for all connections with the
+                same framer); without one it gets the message as is.
+        """
         self._connections[connection_id] = connection
+        if framer is not None:
+            self._framers[connection_id] = framer
 
     def remove(self, connection_id: str) -> bool:
         """Unregister a connection and take it out of its rooms.
@@ -41,6 +68,8 @@ class Registry:
         """
         for room in self._memberships.pop(connection_id, ()):
             self._discard_member(room, connection_id)
+        self._framers.pop(connection_id, None)
+        self._held.pop(connection_id, None)
         return self._connections.pop(connection_id, None) is not None
 
     def get(self, connection_id: str) -> Connection | None:
@@ -125,13 +154,82 @@ class Registry:
         """
         return self.deliver(Outgoing(data), room)
 
-    def deliver(self, message: Outgoing, room: str | None = None) -> int:
+    def deliver(
+        self, message: Outgoing, room: str | None = None, *, offset: int | None = None
+    ) -> int:
         """Hand a prepared message to every connection, or to the members of ``room``.
 
         Never blocks: each connection writes what its socket takes and queues the rest.
 
+        Args:
+            message: the message.
+            room: only to the members of this room.
+            offset: the message's offset in the endpoint's log: then it is a positioned
+                delivery (framed, or buffered for held connections).
+
         Returns:
-            How many connections took it.
+            How many connections took it (or buffered it).
         """
         targets = self._connections if room is None else self._rooms.get(room, {})
-        return sum(connection.send_outgoing(message) for connection in list(targets.values()))
+        if offset is None or not (self._framers or self._held):
+            return sum(connection.send_outgoing(message) for connection in list(targets.values()))
+        return self._positioned(list(targets.items()), message, offset)
+
+    def deliver_to(self, connection_id: str, message: Outgoing, offset: int) -> bool:
+        """Hand a positioned message to one connection (a ``send_to`` from the log).
+
+        Returns:
+            Whether the connection was there to take it.
+        """
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            return False
+        return bool(self._positioned(((connection_id, connection),), message, offset))
+
+    def _positioned(
+        self, targets: Iterable[tuple[str, Connection]], message: Outgoing, offset: int
+    ) -> int:
+        framed: dict[Framer, Outgoing] = {}  # one framed message per framer, shared
+        taken = 0
+        for connection_id, connection in targets:
+            held = self._held.get(connection_id)
+            if held is not None:
+                held.append((offset, message))
+                taken += 1
+                continue
+            framer = self._framers.get(connection_id)
+            if framer is None:
+                taken += connection.send_outgoing(message)
+                continue
+            copy = framed.get(framer)
+            if copy is None:
+                copy = framed[framer] = framer(message, offset)
+            taken += connection.send_outgoing(copy)
+        return taken
+
+    # -- resuming ------------------------------------------------------------------------
+
+    def hold(self, connection_id: str) -> None:
+        """Buffer the positioned deliveries for this connection from now on, instead of
+        sending them (while what it missed is replayed to it)."""
+        self._held.setdefault(connection_id, [])
+
+    def release(self, connection_id: str, after: int) -> int:
+        """Send what was buffered for this connection past offset ``after`` (what the
+        replay did not cover), in order, then deliver to it directly again.
+
+        Returns:
+            How many buffered messages it was sent.
+        """
+        held = self._held.pop(connection_id, None)
+        connection = self._connections.get(connection_id)
+        if not held or connection is None:
+            return 0
+        framer = self._framers.get(connection_id)
+        sent = 0
+        for offset, message in held:
+            if offset > after:
+                sent += connection.send_outgoing(
+                    message if framer is None else framer(message, offset)
+                )
+        return sent
