@@ -33,6 +33,7 @@ theirs), no global order between senders, and no loss without a report.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -49,20 +50,42 @@ from gevent.event import Event
 
 from ..io.backoff import Backoff
 from ..io.connection import Connection
-from ..protocol.envelope import Envelope, Kind, Sequencer, channel_all, channel_of, close_payload
+from ..protocol.envelope import (
+    Envelope,
+    Kind,
+    Sequencer,
+    channel_all,
+    channel_of,
+    channel_of_endpoint,
+    close_payload,
+    recovery_endpoints,
+    untag,
+)
 from ..protocol.frames import BytesLike, Opcode, parse_close
 from ..protocol.outgoing import Outgoing
-from .history import Entry, MemoryLog, Position, Recovery
+from .history import (
+    APPEND_SCRIPT,
+    Entry,
+    HistoryChanged,
+    MemoryLog,
+    Position,
+    Recovery,
+    append_args,
+    log_keys,
+    read_log,
+)
 from .ids import node_id, node_of
 from .registry import Registry
 
 if TYPE_CHECKING:
     import redis
+    from redis import Redis
 
 __all__ = [
     "BROKER_EVENTS",
     "Broker",
     "BrokerStats",
+    "CHANNEL_HISTORY",
     "Gap",
     "GapDetector",
     "MemoryBroker",
@@ -82,16 +105,22 @@ transport (with the exception), a restored one (with the seconds it was down).""
 
 @dataclass(frozen=True)
 class Gap:
-    """Messages another process published that never reached this one."""
+    """Messages published that never reached this process.
+
+    Either entries of a channel's log that were trimmed from the history before this
+    process could read them (``origin`` is ``""``, ``first`` and ``last`` are offsets
+    in the log), or numbers of one publisher that never reached the log (it dropped
+    them while Redis was down, or they were in a history that was lost).
+    """
 
     origin: str
-    """The publisher that numbered them."""
+    """The publisher that numbered them (``""``: offsets of the log)."""
     channel: str
     """The channel they were lost on."""
     first: int
-    """The first missing sequence number."""
+    """The first missing number."""
     last: int
-    """The last missing sequence number."""
+    """The last missing number."""
 
     @property
     def count(self) -> int:
@@ -108,7 +137,9 @@ class BrokerStats:
     publish_failed: int = 0
     """Envelopes for other processes lost here: transport unreachable, or queue full."""
     received: int = 0
-    """Envelopes from other processes delivered here."""
+    """Envelopes from the channels delivered here (a recovery endpoint's own included)."""
+    repaired: int = 0
+    """Of those, the ones read from the history (missed on the subscription)."""
     gaps: int = 0
     """How many times envelopes from another process were found missing."""
     missed: int = 0
@@ -119,6 +150,10 @@ class BrokerStats:
     """Undecodable envelopes, dropped."""
     disconnects: int = 0
     """Times the subscription was lost."""
+    histories_lost: int = 0
+    """Times a log's history was lost (a new epoch: Redis restarted without what it held);
+    what it held past this process's position is counted in ``missed`` only as far as
+    its publishers' numbers tell."""
 
 
 class Broker:
@@ -149,12 +184,17 @@ class Broker:
         if registry.recovery is not None:
             self._recovery.setdefault(registry.key, registry.recovery)
 
-    def listen(self) -> None:
+    def listen(self) -> bool:
         """Receive from other processes from now on (a no-op here).
 
-        Called when a connection opens, so that a process with no WebSocket (a
-        ``--preload`` master, a worker serving HTTP only) subscribes to nothing.
+        Called before a WebSocket handshake is accepted, so that a process with no
+        WebSocket (a ``--preload`` master, a worker serving HTTP only) subscribes to
+        nothing.
+
+        Returns:
+            Whether receiving is live (else the handshake is refused).
         """
+        return True
 
     def on(self, event: str) -> Callable[[F], F]:
         """Register a hook for ``event``, one of :data:`BROKER_EVENTS`.
@@ -432,27 +472,35 @@ class GapDetector:
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._last: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
 
-    def check(self, origin: str, channel: str, seq: int) -> Gap | bool:
+    def check(self, origin: str, channel: str, seq: int, counted: int = 0) -> Gap | bool:
         """Record ``seq`` from ``origin`` on ``channel``.
 
+        Args:
+            origin: the publisher.
+            channel: the channel.
+            seq: its number.
+            counted: how many losses on ``channel`` were reported otherwise so far (by
+                offsets of its log): a hole across a change of it is not reported
+                again.
+
         Returns:
-            ``True`` if it is the next one (or the first heard from this origin),
-            ``False`` for a duplicate or an old one (drop it), else the :class:`Gap`
-            before it (deliver it).
+            ``True`` if it is the next one (or the first heard from this origin, or a
+            hole counted already), ``False`` for a duplicate or an old one (drop it),
+            else the :class:`Gap` before it (deliver it).
         """
         key = (origin, channel)
-        last = self._last.get(key)
-        if last is not None and seq <= last:
+        previous = self._last.get(key)
+        if previous is not None and seq <= previous[0]:
             return False
-        self._last[key] = seq
+        self._last[key] = (seq, counted)
         self._last.move_to_end(key)
         if len(self._last) > self.capacity:
             self._last.popitem(last=False)
-        if last is None or seq == last + 1:
+        if previous is None or seq == previous[0] + 1 or counted != previous[1]:
             return True
-        return Gap(origin, channel, last + 1, seq - 1)
+        return Gap(origin, channel, previous[0] + 1, seq - 1)
 
 
 class _RateLimitedLog:
@@ -485,32 +533,69 @@ class _RateLimitedLog:
         logger.log(self.level, message, *args, exc_info=exc_info)
 
 
-class RedisBroker(Broker):
-    """Carries sends between processes and hosts over Redis pub/sub.
+CHANNEL_HISTORY = Recovery(size=10_000, age=60.0)
+"""What the logs of ``NS:all`` and ``NS:node:NODE`` keep by default: enough to repair a
+subscription lost for a while."""
 
-    Needs ``pip install geo_ws[redis]`` (redis-py, imported on first use). One
-    connection publishes, from one greenlet, in order; a dedicated one subscribes
-    (without a socket timeout, with a ping every ``health_check_interval`` seconds
-    when idle), from a listener greenlet that only queues messages on connections.
-    Both reconnect by themselves, with a backoff from 0.1 s doubling to 5 s, reset on
-    success, and full jitter (each delay drawn below that), so that the workers of a
-    cluster do not all come back at the same moments after a Redis restart.
-    While Redis is unreachable local delivery goes on; the messages for other
-    processes that could not be published are counted and logged, and so are the
-    ones other processes miss (see :class:`Gap`). What is published on the channels but
-    is no valid envelope is dropped, counted in ``stats.malformed`` and logged (one
-    record per 10 s at most); an error while handling one message loses that message
-    only: the listener goes on.
+
+class _Follower:
+    """Where this process is in one channel's log."""
+
+    __slots__ = ("counted", "epoch", "fresh", "offset")
+
+    def __init__(self, top: Position) -> None:
+        self.epoch: str | None = top.epoch or None
+        """The log's epoch (``None``: nobody wrote it yet)."""
+        self.offset = top.offset
+        """The last offset delivered here (or the baseline)."""
+        self.fresh = True
+        """Baseline taken after subscribing: what the subscription brings at or below
+        it was published after the subscription was live, and is delivered."""
+        self.counted = 0
+        """Offsets of this log reported lost (trimmed before this process read them)."""
+
+
+class RedisBroker(Broker):
+    """Carries sends between processes and hosts over Redis, without silent loss.
+
+    Needs ``pip install geo_ws[redis]`` (redis-py, imported on first use). Every
+    message for other processes is appended to its channel's log (a Redis stream,
+    trimmed to ``history.size`` entries and ``history.age`` seconds) and published, in
+    one atomic step (a Lua script, see :mod:`geo_ws.delivery.history`). Receivers
+    follow each log's offsets: a hole in what the subscription brought (a reconnect,
+    a subscriber dropped by ``client-output-buffer-limit``) is filled from the stream,
+    in order, before what came after; only what the stream no longer holds is reported
+    (:class:`Gap`, ``broker_gap``, :attr:`Broker.stats`). After each (re)subscription a
+    node reads each log's top and catches up from where it was. A publish retried after
+    a lost reply is dropped by its publisher's number.
+
+    An endpoint with recovery has a log of its own (``NS:ep:KEY``) carrying everything
+    sent to its clients, local ones included: they get it when it comes back from
+    Redis, positioned, so every client sees one order. Its publishes are retried, in
+    order, while Redis is down (up to ``max_queue``); other messages for other
+    processes are dropped then and counted (local delivery goes on).
+
+    One connection publishes, from one greenlet, in pipelined batches; a dedicated one
+    subscribes (without a socket timeout, with a ping every ``health_check_interval``
+    seconds when idle), from a listener greenlet that only queues messages on
+    connections. Both reconnect by themselves, with a backoff from 0.1 s doubling to
+    5 s, reset on success, and full jitter. What is published on the channels but is
+    no valid envelope is dropped, counted in ``stats.malformed`` and logged (one record
+    per 10 s at most); an error while handling one message loses that message only:
+    the listener goes on.
 
     Args:
         url: a Redis URL (``redis://``, ``rediss://`` or ``unix://``).
-        namespace: prefix of the channels; apps sharing a Redis need different ones.
+        namespace: prefix of the channels and keys; apps sharing a Redis need different
+            ones.
         health_check_interval: seconds between pings on an idle subscription; three
             unanswered intervals count as a lost connection.
         max_queue: envelopes that may wait to be published (while Redis is slow or
             down) before new ones are dropped and counted.
-        subscribe_timeout: how long the first connection of a process waits for the
-            subscription, so that it gets the broadcasts sent right after it connects.
+        subscribe_timeout: how long :meth:`listen` waits for the subscription (then a
+            handshake is refused with 503).
+        history: how much the logs of the channels of endpoints without recovery keep
+            (long enough to repair a reconnect).
         **redis_options: passed to :meth:`redis.Redis.from_url`.
     """
 
@@ -522,6 +607,7 @@ class RedisBroker(Broker):
         health_check_interval: float = 2.0,
         max_queue: int = 10_000,
         subscribe_timeout: float = 2.0,
+        history: Recovery = CHANNEL_HISTORY,
         **redis_options: Any,
     ) -> None:
         super().__init__()
@@ -530,6 +616,7 @@ class RedisBroker(Broker):
         self.health_check_interval = health_check_interval
         self.max_queue = max_queue
         self.subscribe_timeout = subscribe_timeout
+        self.history = history
         self._redis_options = redis_options
         self._pid = 0
         self._reset()
@@ -540,18 +627,22 @@ class RedisBroker(Broker):
         self.stats = BrokerStats()
         self._sequencer = Sequencer(node_id())
         self._gaps = GapDetector()
-        self._queue: deque[tuple[str, bytes]] = deque()
+        self._followers: dict[str, _Follower] = {}
+        self._live: set[str] = set()
+        self._pubsub: Any = None
+        # channel, envelope, retried while Redis is down (recovery endpoints)
+        self._queue: deque[tuple[str, bytes, bool]] = deque()
         self._queued = Event()
         self._idle = Event()
         self._idle.set()
         self._subscribed = Event()
-        self._first_attempt = Event()
         self._publisher: Greenlet[Any, None] | None = None
         self._listener: Greenlet[Any, None] | None = None
         self._dropping = False
         self._commands: redis.Redis | None = None
         self._malformed = _RateLimitedLog(logging.WARNING)
         self._errors = _RateLimitedLog(logging.ERROR)
+        self._refusing = _RateLimitedLog(logging.ERROR)
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
@@ -565,6 +656,16 @@ class RedisBroker(Broker):
     def channel_of(self, node: str) -> str:
         """The channel of ``send_to`` and ``close`` for the connections of ``node``."""
         return channel_of(self.namespace, node)
+
+    def channel_of_endpoint(self, endpoint: str) -> str:
+        """The channel of everything sent to the clients of a recovery endpoint."""
+        return channel_of_endpoint(self.namespace, endpoint)
+
+    def _channels(self) -> list[str]:
+        """What this process subscribes to."""
+        return [self.channel_all, self.channel_of(node_id())] + [
+            self.channel_of_endpoint(endpoint) for endpoint in self._recovery
+        ]
 
     def _client(self, retries: int, **options: Any) -> redis.Redis:
         """A client of its own; geo_ws does the backing off, redis-py retries at most once."""
@@ -582,13 +683,89 @@ class RedisBroker(Broker):
             self._commands = self._client(1, socket_timeout=5.0, socket_connect_timeout=2.0)
         return self._commands
 
+    def attach(self, registry: Registry) -> None:
+        """As :meth:`Broker.attach`; a recovery endpoint's channel is subscribed to as
+        well (at once if this process listens already)."""
+        self._check_process()
+        super().attach(registry)
+        channel = self.channel_of_endpoint(registry.key)
+        if registry.recovery is None or channel in self._live or self._pubsub is None:
+            return
+        self._subscribed.clear()  # until the new channel is live too
+        from redis import RedisError
+
+        try:
+            self._pubsub.subscribe(channel)
+        except (RedisError, OSError):
+            pass  # the listener subscribes to every channel when it is back
+
+    # -- history -------------------------------------------------------------------------
+
+    def top(self, endpoint: str) -> Position:
+        """The position of the newest entry of a recovery endpoint's log (reads Redis).
+
+        Raises:
+            KeyError: ``endpoint`` has no recovery here.
+            redis.RedisError: Redis cannot be read.
+        """
+        self._recovery[endpoint]  # noqa: B018 (a KeyError for other endpoints)
+        top, _ = read_log(self.redis(), self.channel_of_endpoint(endpoint), 1, 0)
+        return top
+
+    def replay(self, endpoint: str, since: Position) -> list[Entry] | None:
+        """The entries of a recovery endpoint's log after ``since`` (reads Redis); see
+        :meth:`Broker.replay`. A position of epoch ``""`` (taken before anything was
+        written) replays the log from its first entry.
+
+        Raises:
+            KeyError: ``endpoint`` has no recovery here.
+            redis.RedisError: Redis cannot be read.
+        """
+        self._recovery[endpoint]  # noqa: B018 (a KeyError for other endpoints)
+        channel = self.channel_of_endpoint(endpoint)
+        top, entries = read_log(self.redis(), channel, since.offset + 1)
+        if since.epoch != top.epoch and (since.epoch or since.offset):
+            return None
+        if since.offset > top.offset:
+            return None
+        if since.offset == top.offset:
+            return []
+        if not entries or entries[0][0] != since.offset + 1:
+            return None  # trimmed past it
+        return [Entry(offset, Envelope.decode(data)) for offset, data in entries]
+
     # -- publishing ----------------------------------------------------------------------
 
     def _forward(
         self, node: str | None, kind: Kind, endpoint: str, target: str, opcode: int, payload: Any
     ) -> bool:
-        self._check_process()
         channel = self.channel_all if node is None else self.channel_of(node)
+        return self._enqueue(channel, kind, endpoint, target, opcode, payload, False)
+
+    def _append(
+        self, kind: Kind, endpoint: str, target: str, message: Outgoing | None, payload: Any
+    ) -> int:
+        opcode = Opcode.CLOSE if message is None else message.opcode
+        channel = self.channel_of_endpoint(endpoint)
+        self._enqueue(channel, kind, endpoint, target, opcode, payload, True)
+        return 0  # local clients get it from the log
+
+    def _enqueue(
+        self,
+        channel: str,
+        kind: Kind,
+        endpoint: str,
+        target: str,
+        opcode: int,
+        payload: Any,
+        retried: bool,
+    ) -> bool:
+        """Queue an envelope for the publisher greenlet.
+
+        Returns:
+            Whether it is queued (else the queue is full: dropped and counted).
+        """
+        self._check_process()
         # Numbered even when dropped below, so that receivers see the gap too.
         envelope = self._sequencer.envelope(channel, kind, endpoint, target, opcode, payload)
         if len(self._queue) >= self.max_queue:
@@ -600,7 +777,7 @@ class RedisBroker(Broker):
                     len(self._queue),
                 )
             return False
-        self._queue.append((channel, envelope))
+        self._queue.append((channel, envelope, retried))
         self._idle.clear()
         self._queued.set()
         if self._publisher is None:
@@ -608,11 +785,38 @@ class RedisBroker(Broker):
             _publishing.add(self)
         return True
 
+    def _script_args(self, channel: str, envelope: bytes) -> list[Any]:
+        prefix = channel_of_endpoint(self.namespace, "")
+        if channel.startswith(prefix):
+            return append_args(channel, envelope, self._recovery[channel[len(prefix) :]])
+        return append_args(channel, envelope, self.history)
+
+    def _publish_batch(self, client: Redis, batch: list[tuple[str, bytes, bool]]) -> None:
+        """Append and publish a batch in one round trip (loading the script if Redis lost
+        it: a restart)."""
+        from redis.exceptions import NoScriptError
+
+        for attempt in (1, 2):
+            pipeline = client.pipeline(transaction=False)
+            for channel, envelope, _ in batch:
+                pipeline.evalsha(
+                    _APPEND_SHA, 3, *log_keys(channel), *self._script_args(channel, envelope)
+                )
+            try:
+                pipeline.execute()
+                return
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                client.script_load(APPEND_SCRIPT)
+
     def _publish_loop(self) -> None:
         """The publisher greenlet: publishes in order, in pipelined batches."""
-        # A publish whose reply is lost is retried once: receivers drop the duplicate.
+        # A publish whose reply is lost is retried: receivers drop the duplicate.
         client = self._client(1, socket_timeout=5.0, socket_connect_timeout=2.0)
+        from redis import ConnectionError as RedisConnectionError
         from redis import RedisError
+        from redis import TimeoutError as RedisTimeoutError
 
         backoff = Backoff()
         down_since: float | None = None
@@ -626,18 +830,21 @@ class RedisBroker(Broker):
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), 256))]
             try:
-                pipeline = client.pipeline(transaction=False)
-                for channel, envelope in batch:
-                    pipeline.publish(channel, envelope)
-                pipeline.execute()
+                self._publish_batch(client, batch)
             except (RedisError, OSError) as error:
-                self.stats.publish_failed += len(batch)
-                lost += len(batch)
+                # Redis down: a recovery endpoint's messages wait, in order; a refused
+                # script (a bug) would only fail again.
+                transient = isinstance(error, (RedisConnectionError, RedisTimeoutError, OSError))
+                retried = [item for item in batch if item[2] and transient]
+                queue.extendleft(reversed(retried))
+                self.stats.publish_failed += len(batch) - len(retried)
+                lost += len(batch) - len(retried)
                 if down_since is None:
                     down_since = gevent.get_hub().loop.now()
                     logger.warning(
                         "broker: cannot publish to Redis (%s): messages for other processes "
-                        "are lost until it is back; local delivery goes on",
+                        "are lost until it is back, but for endpoints with recovery (they "
+                        "wait); local delivery goes on",
                         error,
                     )
                 gevent.sleep(backoff.next())
@@ -661,35 +868,45 @@ class RedisBroker(Broker):
 
     # -- subscribing ---------------------------------------------------------------------
 
-    def listen(self) -> None:
-        """Subscribe, unless this process already did.
+    def listen(self) -> bool:
+        """Subscribe, unless this process already did, and wait (at most
+        ``subscribe_timeout``) until the subscription is live.
 
-        The first call waits (at most ``subscribe_timeout``) for the subscription or
-        its first failure, so that the first client gets what is sent right after.
+        Returns:
+            Whether it is live: a WebSocket accepted before could miss messages, so the
+            handshake is refused then (logged).
         """
         self._check_process()
         if self._listener is None:
             self._listener = gevent.spawn(self._listen_loop)
-            if gevent.getcurrent() is not gevent.get_hub():
-                self._first_attempt.wait(self.subscribe_timeout)
+        if self._subscribed.is_set():
+            return True
+        if gevent.getcurrent() is not gevent.get_hub() and self._subscribed.wait(
+            self.subscribe_timeout
+        ):
+            return True
+        self._refusing.log(
+            "broker: not subscribed to Redis at %s after %.1fs: refusing WebSockets until it is",
+            self.url,
+            self.subscribe_timeout,
+        )
+        return False
 
     def _listen_loop(self) -> None:
-        """The listener greenlet: subscribes, hands envelopes on, reconnects."""
+        """The listener greenlet: subscribes, catches up, hands envelopes on, reconnects."""
         from redis import ConnectionError as RedisConnectionError
         from redis import RedisError
 
         client = self._client(0, socket_timeout=None, socket_connect_timeout=2.0)
-        channels = (self.channel_all, self.channel_of(node_id()))
         backoff = Backoff()
         down_since: float | None = None
         loop = gevent.get_hub().loop
         while True:
             # cast: redis-py types pubsub() from 8.2 on, not before; the verdict must not
             # depend on the version installed.
-            pubsub = cast(Any, client).pubsub()
+            pubsub = self._pubsub = cast(Any, client).pubsub()
             try:
-                pubsub.subscribe(*channels)
-                confirmed = 0
+                pubsub.subscribe(*self._channels())
                 heard = loop.now()
                 while True:
                     message = pubsub.get_message(timeout=self.health_check_interval)
@@ -702,46 +919,142 @@ class RedisBroker(Broker):
                     if message["type"] == "message":
                         self._handle(message["channel"], message["data"])
                     elif message["type"] == "subscribe":
-                        confirmed += 1
-                        if confirmed == len(channels):
-                            self._subscribed.set()
-                            self._first_attempt.set()
-                            backoff.reset()
-                            if down_since is None:
-                                logger.info("broker: subscribed to %s", ", ".join(channels))
-                            else:
-                                downtime = loop.now() - down_since
-                                down_since = None
-                                logger.warning(
-                                    "broker: subscribed to Redis again after %.1fs", downtime
-                                )
-                                self._run_hooks("broker_reconnect", downtime)
+                        channel = message["channel"].decode()
+                        self._catch_up(channel)
+                        self._live.add(channel)
+                        if self._subscribed.is_set() or not self._live.issuperset(self._channels()):
+                            continue
+                        self._subscribed.set()
+                        backoff.reset()
+                        if down_since is None:
+                            logger.info("broker: subscribed to %s", ", ".join(self._live))
+                        else:
+                            downtime = loop.now() - down_since
+                            down_since = None
+                            logger.warning(
+                                "broker: subscribed to Redis again after %.1fs, and caught up",
+                                downtime,
+                            )
+                            self._run_hooks("broker_reconnect", downtime)
             except Exception as error:
-                if not isinstance(error, (RedisError, OSError)):
+                if not isinstance(error, (RedisError, OSError, HistoryChanged)):
                     # A bug, here or in redis-py: it must not end cross-worker delivery.
                     self._errors.log("broker: the Redis listener failed", exc_info=True)
                 self._subscribed.clear()
-                self._first_attempt.set()
+                self._live.clear()
                 if down_since is None:
                     down_since = loop.now()
                     self.stats.disconnects += 1
                     logger.warning(
                         "broker: lost the Redis subscription (%s): messages from other "
-                        "processes are lost until it is back; local delivery goes on",
+                        "processes wait in the history until it is back; local delivery "
+                        "goes on",
                         error,
                     )
                     self._run_hooks("broker_disconnect", error)
             finally:
+                self._pubsub = None
                 try:
                     pubsub.close()
                 except (RedisError, OSError):
                     pass
             gevent.sleep(backoff.next())
 
+    def _catch_up(self, channel: str) -> None:
+        """The subscription to ``channel`` is live: deliver what its log got since this
+        process's position (the first time: take its top as the baseline).
+
+        Raises:
+            redis.RedisError: Redis cannot be read (the listener subscribes again).
+        """
+        client = self.redis()
+        prefix = channel_of_endpoint(self.namespace, "")
+        if channel.startswith(prefix):  # tell Emitters where this endpoint's sends go
+            client.sadd(recovery_endpoints(self.namespace), channel[len(prefix) :])
+        follower = self._followers.get(channel)
+        top, _ = read_log(client, channel, 1, 0)
+        if follower is None:
+            self._followers[channel] = _Follower(top)
+            return
+        if (top.epoch or None) != follower.epoch:
+            self._new_epoch(channel, follower, top.epoch)
+        self._fill(channel, follower, top.offset)
+
+    def _new_epoch(self, channel: str, follower: _Follower, epoch: str) -> None:
+        """``channel``'s log has another history now: what the lost one held past this
+        process's position is unknowable (its publishers' numbers tell what they can)."""
+        if follower.epoch is not None:
+            self.stats.histories_lost += 1
+            logger.warning(
+                "broker: the history of %s was lost (Redis restarted without it?): what "
+                "was published on it after offset %d and did not arrive is unknowable; "
+                "holes in its publishers' numbers are reported as they publish again",
+                channel,
+                follower.offset,
+            )
+        follower.epoch = epoch or None
+        follower.offset = 0
+        follower.fresh = False
+
+    def _fill(self, channel: str, follower: _Follower, last: int) -> None:
+        """Deliver the entries of ``channel``'s log after ``follower.offset`` up to
+        ``last`` from the stream, in order; report what it no longer holds.
+
+        Raises:
+            HistoryChanged: the log has another epoch than ``follower``'s.
+            redis.RedisError: Redis cannot be read.
+        """
+        first = follower.offset + 1
+        if last < first:
+            return
+        top, entries = read_log(self.redis(), channel, first, last)
+        if (top.epoch or None) != follower.epoch:
+            raise HistoryChanged(channel)
+        for offset, data in entries:
+            if offset > follower.offset + 1:
+                self._lost(channel, follower, offset - 1)
+            follower.offset = offset
+            try:
+                envelope = Envelope.decode(data)
+            except ValueError:
+                self.stats.malformed += 1
+                continue
+            self.stats.repaired += 1
+            self._accept(channel, follower, offset, envelope)
+        if follower.offset < last:
+            self._lost(channel, follower, last)
+
+    def _lost(self, channel: str, follower: _Follower, last: int) -> None:
+        """The entries after ``follower.offset`` up to ``last`` are gone from the stream."""
+        gap = Gap("", channel, follower.offset + 1, last)
+        follower.offset = last
+        follower.counted += gap.count
+        self._report(gap, "no longer in the history: offsets")
+
+    def _report(self, gap: Gap, what: str) -> None:
+        self.stats.gaps += 1
+        self.stats.missed += gap.count
+        logger.warning(
+            "broker: %d message(s) %son %s never arrived (%s %d-%d)",
+            gap.count,
+            f"from {gap.origin} " if gap.origin else "",
+            gap.channel,
+            what,
+            gap.first,
+            gap.last,
+        )
+        self._run_hooks("broker_gap", gap)
+
     def _handle(self, channel: bytes, data: bytes) -> None:
-        """Hand one published message on; whatever goes wrong stays with that message."""
+        """Hand one published message on; whatever goes wrong stays with that message,
+        but for Redis failing while a hole is filled (then the listener subscribes again,
+        and catches up)."""
+        from redis import RedisError
+
         try:
             self._on_message(channel.decode(), data)
+        except (RedisError, OSError, HistoryChanged):
+            raise
         except Exception:
             # A bug, here or in an app's connection: this message is lost, not the next ones.
             self._errors.log(
@@ -753,7 +1066,8 @@ class RedisBroker(Broker):
 
     def _on_message(self, channel: str, data: bytes) -> None:
         try:
-            envelope = Envelope.decode(data)
+            epoch, offset, raw = untag(data)
+            envelope = Envelope.decode(raw)
         except ValueError as error:
             self.stats.malformed += 1
             self._malformed.log(
@@ -763,26 +1077,35 @@ class RedisBroker(Broker):
                 error,
             )
             return
-        if envelope.origin == self._sequencer.origin:
+        follower = self._followers[channel]
+        if epoch != follower.epoch:
+            self._new_epoch(channel, follower, epoch)
+        elif offset <= follower.offset:
+            if follower.fresh:  # published after the subscription was live
+                self._accept(channel, follower, offset, envelope)
+                follower.fresh = offset < follower.offset
+            return  # else read from the history already
+        self._fill(channel, follower, offset - 1)
+        follower.offset = offset
+        follower.fresh = False
+        self._accept(channel, follower, offset, envelope)
+
+    def _accept(self, channel: str, follower: _Follower, offset: int, envelope: Envelope) -> None:
+        """Deliver an envelope at its place in its log, unless it is a duplicate."""
+        endpoint_log = channel.startswith(channel_of_endpoint(self.namespace, ""))
+        if not endpoint_log and envelope.origin == self._sequencer.origin:
             return  # delivered here already, before it was published
-        verdict = self._gaps.check(envelope.origin, channel, envelope.seq)
+        verdict = self._gaps.check(envelope.origin, channel, envelope.seq, follower.counted)
         if verdict is False:
             self.stats.duplicates += 1
             return
         if isinstance(verdict, Gap):
-            self.stats.gaps += 1
-            self.stats.missed += verdict.count
-            logger.warning(
-                "broker: %d message(s) from %s on %s never arrived (seq %d-%d)",
-                verdict.count,
-                verdict.origin,
-                verdict.channel,
-                verdict.first,
-                verdict.last,
-            )
-            self._run_hooks("broker_gap", verdict)
+            self._report(verdict, "seq")
         self.stats.received += 1
-        self.receive(envelope)
+        if endpoint_log:
+            self._deliver_entry(envelope, offset, None)
+        else:
+            self.receive(envelope)
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until the subscription is in place."""
@@ -797,6 +1120,10 @@ class RedisBroker(Broker):
         self._listener = self._publisher = None
         self._queue.clear()
         self._subscribed.clear()
+        self._live.clear()
+
+
+_APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()
 
 
 _by_url: dict[str, Broker] = {}

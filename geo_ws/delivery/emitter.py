@@ -15,6 +15,13 @@ write-only emitter does::
 It needs neither gevent (it does not even import it) nor an app: endpoints are named
 by their full URL rule (``/chat/ws`` for ``WebSocket(blueprint, "/ws")`` on a blueprint
 mounted at ``/chat``), connections by their ids.
+
+Each message is appended to the history its servers repair from, in the same atomic
+step as its publish (see :mod:`geo_ws.delivery.history`). For the clients of an
+endpoint with recovery, pass ``endpoint=`` to :meth:`Emitter.send_to` and
+:meth:`Emitter.close`: the message then goes to that endpoint's log, so that the
+client gets it wherever it is (or resumes), positioned; broadcasts find such
+endpoints by themselves.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..protocol.envelope import Kind, Sequencer, channel_all, channel_of, close_payload
+from ..protocol import envelope as channels
+from ..protocol.envelope import Kind, Sequencer, close_payload
 from ..protocol.frames import BytesLike, Opcode
 from ..protocol.outgoing import Outgoing
+from .history import APPEND_SCRIPT, append_args, log_keys
 from .ids import node_id, node_of
 
 __all__ = ["Emitter"]
@@ -48,6 +57,8 @@ class Emitter:
 
         self.namespace = namespace
         self._redis = redis.Redis.from_url(url, **redis_options)
+        # EVALSHA, loading the script again when Redis lost it (NOSCRIPT).
+        self._append = self._redis.register_script(APPEND_SCRIPT)
         self._sequencer = Sequencer(node_id())
         # One publish at a time: numbers must reach Redis in order.
         self._lock = threading.Lock()
@@ -60,23 +71,45 @@ class Emitter:
         """
         message = Outgoing(data)
         kind = Kind.BROADCAST if room is None else Kind.ROOM
-        channel = channel_all(self.namespace)
+        channel = self._channel(endpoint, None)
         return self._publish(channel, kind, endpoint, room or "", message.opcode, message.payload)
 
-    def send_to(self, connection_id: str, data: str | BytesLike) -> int:
+    def send_to(
+        self, connection_id: str, data: str | BytesLike, *, endpoint: str | None = None
+    ) -> int:
         """Send to one client, by id.
 
+        Args:
+            connection_id: the client's id.
+            data: the message.
+            endpoint: the client's endpoint (its full URL rule): required for the
+                clients of an endpoint with recovery, whose ids move with them.
+
         Returns:
-            1 if the process that held the id is still there to receive it, else 0.
+            How many server processes received it: 1 if the process that held the id is
+            still there (for a recovery endpoint: each process serving it), else 0.
         """
         message = Outgoing(data)
-        channel = channel_of(self.namespace, _node(connection_id))
+        channel = self._channel(endpoint, connection_id)
         return self._publish(
-            channel, Kind.SEND_TO, "", connection_id, message.opcode, message.payload
+            channel, Kind.SEND_TO, endpoint or "", connection_id, message.opcode, message.payload
         )
 
-    def close(self, connection_id: str, code: int = 1000, reason: str = "") -> int:
+    def close(
+        self,
+        connection_id: str,
+        code: int = 1000,
+        reason: str = "",
+        *,
+        endpoint: str | None = None,
+    ) -> int:
         """Close one client, by id.
+
+        Args:
+            connection_id: the client's id.
+            code: the close code.
+            reason: the close reason.
+            endpoint: as for :meth:`send_to`.
 
         Returns:
             As :meth:`send_to`.
@@ -85,15 +118,30 @@ class Emitter:
             ValueError: ``code`` may not be sent in a Close frame.
         """
         payload = close_payload(code, reason)
-        channel = channel_of(self.namespace, _node(connection_id))
-        return self._publish(channel, Kind.CLOSE, "", connection_id, Opcode.CLOSE, payload)
+        channel = self._channel(endpoint, connection_id)
+        return self._publish(
+            channel, Kind.CLOSE, endpoint or "", connection_id, Opcode.CLOSE, payload
+        )
+
+    def _channel(self, endpoint: str | None, connection_id: str | None) -> str:
+        """Where a send goes: a recovery endpoint's log, else the channel of all nodes
+        (``connection_id`` ``None``) or of the node that holds the id."""
+        if endpoint is not None and self._redis.sismember(
+            channels.recovery_endpoints(self.namespace), endpoint
+        ):
+            return channels.channel_of_endpoint(self.namespace, endpoint)
+        if connection_id is None:
+            return channels.channel_all(self.namespace)
+        return channels.channel_of(self.namespace, _node(connection_id))
 
     def _publish(
         self, channel: str, kind: Kind, endpoint: str, target: str, opcode: int, payload: Any
     ) -> int:
         with self._lock:
             envelope = self._sequencer.envelope(channel, kind, endpoint, target, opcode, payload)
-            receivers: int = self._redis.publish(channel, envelope)
+            receivers: int = self._append(
+                keys=log_keys(channel), args=append_args(channel, envelope, None)
+            )
         return receivers
 
     def disconnect(self) -> None:

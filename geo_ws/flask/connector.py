@@ -199,7 +199,6 @@ class WebSocketConnector:
         if connections is not None:
             connections.add(connection)
         self._parking = self._transport.detachable and connection.can_park
-        self._broker.listen()  # from now on, sends from other processes arrive here
         self._registry.add(self.id, connection)
         self._serve(connect=True)
 

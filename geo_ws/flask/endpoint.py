@@ -373,6 +373,8 @@ class WebSocket:
         limit = options.max_connections
         if limit is not None and len(self._registry()) >= limit:
             raise HandshakeError(503, f"this endpoint is at its limit of {limit}")
+        if not app_state(app).broker(self).listen():  # it would miss what others send
+            raise HandshakeError(503, "not connected to the other processes yet: try again")
         subprotocol = select_subprotocol(environ, options.subprotocols)
         negotiated = None
         if options.compression is not None:

@@ -6,9 +6,12 @@ gevent).
 
 Channels, in a namespace ``NS`` (default ``geo_ws``): ``NS:all`` carries broadcasts and
 room messages of every endpoint (:func:`channel_all`), ``NS:node:NODE`` carries
-``send_to`` and ``close`` for the connections of one node (:func:`channel_of`).
-Each publisher numbers what it sends on each channel (:class:`Sequencer`), so that
-receivers see what Redis pub/sub lost.
+``send_to`` and ``close`` for the connections of one node (:func:`channel_of`), and
+``NS:ep:KEY`` everything sent to an endpoint with recovery (:func:`channel_of_endpoint`).
+Each channel has a log (see :mod:`geo_ws.delivery.history`): what is published on it
+is the envelope tagged with its position in the log (:func:`tag`, :func:`untag`).
+Each publisher also numbers what it sends on each channel (:class:`Sequencer`), so that
+receivers drop a publish retried twice and count what never reached the log.
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ __all__ = [
     "Sequencer",
     "channel_all",
     "channel_of",
+    "channel_of_endpoint",
     "close_payload",
+    "recovery_endpoints",
+    "tag",
+    "untag",
 ]
 
-#: The envelope format this module writes; others are refused.
-VERSION = 1
+#: The envelope format this module writes; others are refused (2: tagged with positions).
+VERSION = 2
 
 # version, kind, opcode, sequence number, length of the origin.
 _HEADER = struct.Struct("!BBBQB")
@@ -49,6 +56,40 @@ def channel_all(namespace: str) -> str:
 def channel_of(namespace: str, node: str) -> str:
     """The channel of ``send_to`` and ``close`` for the connections of ``node``."""
     return f"{namespace}:node:{node}"
+
+
+def channel_of_endpoint(namespace: str, endpoint: str) -> str:
+    """The channel of everything sent to the clients of a recovery endpoint."""
+    return f"{namespace}:ep:{endpoint}"
+
+
+def recovery_endpoints(namespace: str) -> str:
+    """The Redis set of the endpoints with recovery (where an Emitter sends to them)."""
+    return f"{namespace}:recovery"
+
+
+def tag(epoch: str, offset: int, envelope: bytes) -> bytes:
+    """What is published for an envelope at ``offset`` of a log of ``epoch``:
+    ``EPOCH:OFFSET:ENVELOPE`` (the Lua script of :mod:`geo_ws.delivery.history` makes it)."""
+    return b"%s:%d:%s" % (epoch.encode("ascii"), offset, envelope)
+
+
+def untag(data: bytes) -> tuple[str, int, bytes]:
+    """The epoch, offset and envelope of a published message.
+
+    Raises:
+        ValueError: it is not tagged.
+    """
+    first = data.find(b":")
+    second = data.find(b":", first + 1)
+    if first < 1 or second < 0:
+        raise ValueError("a message without its position in a log")
+    try:
+        epoch = data[:first].decode("ascii")
+        offset = int(data[first + 1 : second])
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("a message with a malformed position") from None
+    return epoch, offset, data[second + 1 :]
 
 
 def close_payload(code: int, reason: str = "") -> bytes:

@@ -15,6 +15,8 @@ from geo_ws.protocol.envelope import (
     channel_all,
     channel_of,
     close_payload,
+    tag,
+    untag,
 )
 from geo_ws.protocol.frames import EXTERNAL_CLOSE_CODES, Opcode, encode_close
 from geo_ws.protocol.outgoing import Outgoing
@@ -78,7 +80,7 @@ def test_undecodable_envelopes_are_refused_with_what_is_wrong() -> None:
         (good[:5], "truncated"),
         (good[:14], "truncated"),
         (good[:3] + b"\x00" * 8 + b"\xff", "truncated"),
-        (b"\x02" + good[1:], "version 2"),
+        (b"\x01" + good[1:], "version 1"),
         (good[:1] + b"\x09" + good[2:], "unknown envelope kind 9"),
         (good[:12] + b"\xff" + good[13:], "undecodable origin"),
         (encode(Kind.BROADCAST, Opcode.TEXT, b"caf\xc3"), "invalid UTF-8 .* \\(byte 3\\)"),
@@ -127,3 +129,12 @@ def test_the_envelope_imports_no_io_library() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_published_envelope_carries_its_position_in_the_log() -> None:
+    envelope = Envelope(Kind.BROADCAST, Opcode.TEXT, "/ws", "", b"a:b", "o", 1).encode()
+    assert tag("e1", 42, envelope) == b"e1:42:" + envelope
+    assert untag(tag("e1", 42, envelope)) == ("e1", 42, envelope)
+    for bad in (b"", b"e1:42", b":42:x", b"e1:forty:x", b"\xff:1:x", envelope):
+        with pytest.raises(ValueError, match="position"):
+            untag(bad)
