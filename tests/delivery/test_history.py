@@ -4,15 +4,33 @@ replay, duplicates, repair across workers and faults)."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from geo_ws.delivery.broker import MemoryBroker
-from geo_ws.delivery.history import Entry, MemoryLog, Position, Recovery
+import gevent
+import pytest
+import redis
+from gevent.event import Event
+
+from geo_ws.delivery.broker import Gap, MemoryBroker, RedisBroker
+from geo_ws.delivery.history import (
+    APPEND_SCRIPT,
+    Entry,
+    MemoryLog,
+    Position,
+    Recovery,
+    append_args,
+    log_keys,
+)
 from geo_ws.delivery.registry import Registry
-from geo_ws.protocol.envelope import Envelope, Kind
+from geo_ws.protocol.envelope import Envelope, Kind, Sequencer
 from geo_ws.protocol.frames import Opcode
 from geo_ws.protocol.outgoing import Outgoing
-from tests.delivery.test_broker import Recorder
+from tests.delivery.test_broker import LogWatcher, Queueing, Recorder, stop_brokers
+from tests.helpers import WAIT
+from tests.live_apps.process import ServerProcess
+from tests.live_apps.redis_server import RedisServer, namespace, redis_server
+
+__all__ = ["redis_server", "stop_brokers"]  # the fixtures, imported for pytest
 
 
 def envelope(text: str, kind: Kind = Kind.BROADCAST, target: str = "") -> Envelope:
@@ -135,3 +153,273 @@ def test_a_resume_holds_replays_and_releases_without_loss_or_repeat() -> None:
     assert registry.release("n.1", entries[-1].offset) == 1  # 3 was held and replayed
     broker.broadcast("/ws", "live")
     assert client.messages == ["2:missed", "3:during", "4:after the replay", "5:live"]
+
+
+# -- the Redis logs, with a real redis-server -------------------------------------------
+
+
+def subscribed(
+    url: str, stop_brokers: list[RedisBroker], *registries: Registry, **options: object
+) -> RedisBroker:
+    """A RedisBroker with ``registries`` attached, subscribed."""
+    options.setdefault("namespace", namespace())
+    broker = RedisBroker(url, **options)  # type: ignore[arg-type]
+    stop_brokers.append(broker)
+    for registry in registries:
+        broker.attach(registry)
+    assert broker.listen()
+    return broker
+
+
+def recovering(*names: str, recovery: Recovery | None = None) -> tuple[Registry, list[Queueing]]:
+    """A registry of ``/ws`` with recovery, and clients that frame what they get."""
+    registry = Registry("/ws", recovery or Recovery())
+    clients = [Queueing() for _ in names]
+    for name, client in zip(names, clients, strict=True):
+        registry.add(name, client, framer=framed)  # type: ignore[arg-type]
+    return registry, clients
+
+
+def take(client: Queueing, count: int) -> list[str | bytes]:
+    return [client.queue.get(timeout=WAIT) for _ in range(count)]
+
+
+def offsets(entries: list[Entry] | None) -> list[int]:
+    assert entries is not None
+    return [entry.offset for entry in entries]
+
+
+def test_a_recovery_log_in_redis_numbers_positions_replays_and_trims_by_size(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    registry, (client,) = recovering("n.1", recovery=Recovery(size=100, age=60))
+    broker = subscribed(redis_server.url, stop_brokers, registry)
+    assert broker.top("/ws") == Position("", 0)  # nobody wrote it yet
+    for number in range(1, 501):
+        assert broker.broadcast("/ws", f"m{number}") == 0  # delivered from the log
+    assert take(client, 500) == [f"{number}:m{number}" for number in range(1, 501)]
+    top = broker.top("/ws")
+    assert top.offset == 500 and top.epoch
+    assert offsets(broker.replay("/ws", Position(top.epoch, 450))) == list(range(451, 501))
+    entries = broker.replay("/ws", Position(top.epoch, 498))
+    assert entries is not None and entries[0].envelope.payload == b"m499"
+    assert broker.replay("/ws", top) == []
+    assert broker.replay("/ws", Position(top.epoch, 1)) is None  # trimmed: about 100 kept
+    assert broker.replay("/ws", Position("", 0)) is None  # from the start: trimmed too
+    assert broker.replay("/ws", Position("another", 450)) is None
+    assert broker.replay("/ws", Position(top.epoch, 501)) is None
+    kept = broker.redis().xlen(log_keys(broker.channel_of_endpoint("/ws"))[1])
+    assert 100 <= kept < 500
+    with pytest.raises(KeyError):
+        broker.top("/plain")
+
+
+def test_a_log_in_redis_is_trimmed_by_age(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    registry, (client,) = recovering("n.1", recovery=Recovery(size=1000, age=0.3))
+    broker = subscribed(redis_server.url, stop_brokers, registry)
+    for number in range(3):
+        broker.broadcast("/ws", f"old {number}")
+    assert len(take(client, 3)) == 3
+    gevent.sleep(0.5)  # ages are time: let the first three grow older than 0.3 s
+    broker.broadcast("/ws", "new")
+    assert take(client, 1) == ["4:new"]
+    epoch = broker.top("/ws").epoch
+    assert broker.replay("/ws", Position(epoch, 0)) is None
+    assert offsets(broker.replay("/ws", Position(epoch, 3))) == [4]
+    stream = log_keys(broker.channel_of_endpoint("/ws"))[1]
+    assert broker.redis().xlen(stream) == 1
+    assert 0 < broker.redis().pttl(stream) <= 330  # gone with its last entry's age
+
+
+def test_a_lost_history_is_a_new_epoch_and_a_retried_publish_is_delivered_once(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    registry, (client,) = recovering("n.1")
+    broker = subscribed(redis_server.url, stop_brokers, registry)
+    channel = broker.channel_of_endpoint("/ws")
+    broker.broadcast("/ws", "first")
+    assert take(client, 1) == ["1:first"]
+    before = broker.top("/ws")
+    # A publish whose reply was lost, sent again: two entries, one delivery.
+    envelope = Sequencer("elsewhere").envelope(channel, Kind.BROADCAST, "/ws", "", 1, b"twice")
+    commands = redis.Redis.from_url(redis_server.url)
+    try:
+        for _ in range(2):
+            commands.eval(
+                APPEND_SCRIPT, 3, *log_keys(channel), *append_args(channel, envelope, None)
+            )
+        broker.broadcast("/ws", "after")
+        assert take(client, 2) == ["2:twice", "4:after"]
+        assert broker.stats.duplicates == 1
+        with LogWatcher("the history of .* was lost") as log:
+            commands.delete(*log_keys(channel))  # as a Redis restarted without it
+            broker.broadcast("/ws", "new history")
+            assert take(client, 1) == ["1:new history"]
+            assert log.seen.wait(WAIT)
+    finally:
+        commands.close()
+    after = broker.top("/ws")
+    assert after.epoch != before.epoch and after.offset == 1
+    assert broker.replay("/ws", before) is None
+    assert offsets(broker.replay("/ws", Position(after.epoch, 0))) == [1]
+    assert broker.stats.histories_lost == 1 and broker.stats.missed == 0
+
+
+# A process that broadcasts COUNT numbered messages to /ws through an Emitter.
+EMITTING = """
+import sys
+from geo_ws import Emitter
+emitter = Emitter(sys.argv[1], namespace=sys.argv[2])
+for number in range(int(sys.argv[3])):
+    emitter.broadcast("/ws", str(number))
+print("sent", flush=True)
+"""
+
+
+class Milestones(Queueing):
+    """A Queueing client that tells when it got its ``step``-th, 2 ``step``-th... message."""
+
+    def __init__(self, step: int = 1000) -> None:
+        super().__init__()
+        self.step = step
+        self.reached = [Event() for _ in range(10)]
+
+    def send_outgoing(self, message: Outgoing) -> bool:
+        super().send_outgoing(message)
+        milestone, rest = divmod(len(self.messages), self.step)
+        if not rest and milestone < len(self.reached):
+            self.reached[milestone].set()
+        return True
+
+
+def test_a_subscription_killed_three_times_mid_stream_loses_nothing(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    registry = Registry("/ws")
+    clients = [Milestones() for _ in range(5)]
+    for number, client in enumerate(clients):
+        registry.add(f"n.{number}", client)  # type: ignore[arg-type]
+    broker = subscribed(redis_server.url, stop_brokers, registry)
+    reconnected = Event()
+    broker.on("broker_reconnect")(lambda downtime: reconnected.set())
+    killer = redis.Redis.from_url(redis_server.url)
+    count = 5000
+    try:
+        with ServerProcess(
+            "-c", EMITTING, redis_server.url, broker.namespace, str(count)
+        ) as sender:
+            for thousands in (1, 2, 3):  # while the stream flows
+                assert clients[0].reached[thousands].wait(WAIT)
+                assert killer.client_kill_filter(_type="pubsub") == 1
+                assert reconnected.wait(WAIT)
+                reconnected.clear()
+            got = [[int(message) for message in take(client, count)] for client in clients]
+            assert sender.wait(WAIT) == 0
+    finally:
+        killer.close()
+    for numbers in got:
+        assert numbers == list(range(count))  # every one, in order, once
+    stats = broker.stats
+    assert (stats.disconnects, stats.missed, stats.gaps) == (3, 0, 0)
+    assert stats.received == count and 0 < stats.repaired < count
+    assert all(client.queue.empty() for client in clients)
+
+
+class Numbers(Recorder):
+    """Records the numbers it gets (after the offset, when positioned); can wait for one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[int] = []
+        self._waiting: tuple[int, Event] | None = None
+
+    def send_outgoing(self, message: Outgoing) -> bool:
+        self.got.append(int(bytes(message.payload).decode().rpartition(":")[2]))
+        if self._waiting is not None and self.got[-1] >= self._waiting[0]:
+            self._waiting[1].set()
+        return True
+
+    def wait_for(self, number: int) -> bool:
+        """Wait (bounded) until it got ``number`` or a later one."""
+        if self.got and self.got[-1] >= number:
+            return True
+        self._waiting = (number, Event())
+        return self._waiting[1].wait(WAIT)
+
+
+def numbered(registry: Registry, count: int) -> list[Numbers]:
+    clients = [Numbers() for _ in range(count)]
+    for number, client in enumerate(clients):
+        framer = framed if registry.recovery else None
+        registry.add(f"{registry.key}.{number}", client, framer=framer)  # type: ignore[arg-type]
+    return clients
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["no-persistence", "aof"])
+def test_redis_killed_mid_stream_what_the_history_kept_is_repaired_the_rest_counted(
+    persistent: bool, tmp_path: Path, stop_brokers: list[RedisBroker]
+) -> None:
+    server = RedisServer(str(tmp_path) if persistent else None)  # its own: killed below
+    try:
+        ns = namespace()
+        own = Registry("/rec", Recovery())
+        (sender_own,) = numbered(own, 1)  # the sender's client gets them from the log too
+        sending = subscribed(server.url, stop_brokers, Registry("/plain"), own, namespace=ns)
+        plain, positioned = Registry("/plain"), Registry("/rec", Recovery())
+        clients = {"/plain": numbered(plain, 2), "/rec": [*numbered(positioned, 2), sender_own]}
+        receiving = subscribed(server.url, stop_brokers, plain, positioned, namespace=ns)
+        gaps: list[Gap] = []
+        receiving.on("broker_gap")(gaps.append)
+        own_gaps: list[Gap] = []
+        sending.on("broker_gap")(own_gaps.append)
+        sent = 0
+        stop = Event()
+
+        def send() -> None:
+            nonlocal sent
+            while not stop.is_set():
+                sending.broadcast("/plain", str(sent))
+                sending.broadcast("/rec", str(sent))
+                sent += 1
+                gevent.sleep(0.005)
+
+        sender = gevent.spawn(send)
+        assert clients["/plain"][0].wait_for(50)
+        server.kill()
+        gevent.sleep(0.5)  # an outage of half a second, messages flowing all along
+        server.start()
+        back_at, back = sent, gevent.get_hub().loop.now()
+        assert clients["/plain"][0].wait_for(back_at + 1)
+        resumed = gevent.get_hub().loop.now() - back
+        assert clients["/plain"][0].wait_for(back_at + 50)
+        stop.set()
+        sender.join(WAIT)
+        assert sending.flush(WAIT)
+        for client in clients["/plain"] + clients["/rec"]:
+            assert client.wait_for(sent - 1)
+    finally:
+        server.kill()
+    assert resumed < 5.0
+    lost_by_channel = {
+        "/plain": receiving.channel_all,
+        "/rec": receiving.channel_of_endpoint("/rec"),
+    }
+    for endpoint, endpoint_clients in clients.items():
+        for client in endpoint_clients:
+            reported = own_gaps if client is sender_own else gaps
+            counted = sum(gap.count for gap in reported if gap.channel == lost_by_channel[endpoint])
+            assert client.got == sorted(set(client.got))  # in order, none twice
+            missing = len(set(range(sent)) - set(client.got))
+            assert missing == counted, (endpoint, persistent, missing, reported)
+            if persistent and endpoint == "/rec":
+                assert counted == 0  # kept by Redis, or retried by the sender: all there
+    publish_failed = sending.stats.publish_failed  # /plain's, dropped while Redis was down
+    assert 0 < publish_failed
+    if persistent:  # only what the sender dropped is missing (a batch cut by the kill may be in)
+        assert sum(gap.count for gap in gaps) <= publish_failed
+        assert receiving.stats.histories_lost == sending.stats.histories_lost == 0
+    else:
+        assert receiving.stats.histories_lost == 2  # the logs of /plain and /rec
+    assert receiving.stats.missed == sum(gap.count for gap in gaps)
