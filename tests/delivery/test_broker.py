@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import re
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -536,3 +537,30 @@ def test_a_rate_limited_log_says_how_many_records_it_left_out(
         "record 0",
         "record 4 (and 3 more like it left out of the log)",
     ]
+
+
+# -- fresh workers under gunicorn ----------------------------------------------------------
+
+
+@pytest.mark.timeout(180)  # 20 starts of 3 workers: 2-4 s each
+def test_fresh_gunicorn_workers_miss_no_broadcast(redis_server: RedisServer) -> None:
+    from tests.server.test_gunicorn import gunicorn
+
+    broker = ["-e", f"GEO_WS_BROKER_URL={redis_server.url}"]
+    spread: list[int] = []
+    for start in range(20):
+        cluster = gunicorn("tests.live_apps.cluster:app", *broker, workers=3, stop=signal.SIGQUIT)
+        with cluster as (_, address):
+            # Nine clients at once on three workers that never subscribed yet.
+            connecting = [gevent.spawn(RawClient, address, "/ws") for _ in range(9)]
+            gevent.joinall(connecting, timeout=WAIT, raise_error=True)
+            clients = [greenlet.get(block=False) for greenlet in connecting]
+            assert [raw.status for raw in clients] == [101] * 9
+            spread.append(len({json.loads(raw.recv())["pid"] for raw in clients}))
+            for number, raw in enumerate(clients):
+                command(raw, all=f"{start}.{number}")
+            expected = {f"{start}.{number}" for number in range(9)}
+            for raw in clients:
+                got = [raw.recv() for _ in range(9)]
+                assert set(got) == expected, (start, sorted(expected - set(got)))
+    assert max(spread) >= 2, spread  # across workers, not within one

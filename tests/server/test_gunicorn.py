@@ -49,13 +49,17 @@ RELOAD_NOISE = re.compile(r"\[ERROR\] Worker \(pid:\d+\) was sent SIGTERM!")
 
 @contextmanager
 def gunicorn(
-    app: str, *options: str, workers: int = 1, worker_class: str = GEO_WS_WORKER
+    app: str,
+    *options: str,
+    workers: int = 1,
+    worker_class: str = GEO_WS_WORKER,
+    stop: signal.Signals = signal.SIGTERM,
 ) -> Iterator[tuple[ServerProcess, str]]:
     """``gunicorn -k WORKER_CLASS -w WORKERS OPTIONS APP`` on a free port.
 
     Yields the process and ``host:port`` once the master listens (and, with geo_ws's
     worker, once every worker serves). Afterwards the test's clients are closed and
-    the master is stopped with SIGTERM (killed if it lingers).
+    the master is stopped with ``stop`` (SIGQUIT: at once; killed if it lingers).
     """
     server = ServerProcess(
         "-m", "gunicorn", *NO_CONTROL_SOCKET, "-b", "127.0.0.1:0",
@@ -70,7 +74,7 @@ def gunicorn(
     finally:
         close_clients()
         if server.proc.poll() is None:
-            server.proc.terminate()
+            server.proc.send_signal(stop)
             try:
                 server.wait(timeout=10)
             except subprocess.TimeoutExpired:
