@@ -270,21 +270,24 @@ class Broker:
         """
         raise NotImplementedError
 
-    def _deliver_entry(self, envelope: Envelope, offset: int, message: Outgoing | None) -> int:
+    def _deliver_at(
+        self,
+        offset: int,
+        kind: Kind,
+        endpoint: str,
+        target: str,
+        message: Outgoing | None,
+        payload: bytes,
+    ) -> int:
         """Deliver an entry of a recovery endpoint's log to this process's connections,
-        positioned at ``offset`` (``message``: its prepared message, if there is one)."""
-        kind = envelope.kind
-        if kind is Kind.CLOSE:
-            code, reason = parse_close(envelope.payload)
-            return int(self._close_here(envelope.endpoint, envelope.target, code, reason))
+        positioned at ``offset`` (``message``: ``None`` for a close, of ``payload``)."""
         if message is None:
-            message = envelope.outgoing()
-        registries = self._registries.get(envelope.endpoint, ())
+            code, reason = parse_close(payload)
+            return int(self._close_here(endpoint, target, code, reason))
+        registries = self._registries.get(endpoint, ())
         if kind is Kind.SEND_TO:
-            return sum(
-                registry.deliver_to(envelope.target, message, offset) for registry in registries
-            )
-        room = envelope.target if kind is Kind.ROOM else None
+            return sum(registry.deliver_to(target, message, offset) for registry in registries)
+        room = target if kind is Kind.ROOM else None
         return sum(registry.deliver(message, room, offset=offset) for registry in registries)
 
     # -- sending -------------------------------------------------------------------------
@@ -450,9 +453,8 @@ class MemoryBroker(Broker):
         self, kind: Kind, endpoint: str, target: str, message: Outgoing | None, payload: Any
     ) -> int:
         opcode = Opcode.CLOSE if message is None else message.opcode
-        envelope = Envelope(kind, opcode, endpoint, target, bytes(payload))
-        offset = self._log(endpoint).append(envelope)
-        return self._deliver_entry(envelope, offset, message)
+        offset = self._log(endpoint).append(kind, opcode, endpoint, target, bytes(payload))
+        return self._deliver_at(offset, kind, endpoint, target, message, payload)
 
     def _forward(
         self, node: str | None, kind: Kind, endpoint: str, target: str, opcode: int, payload: Any
@@ -1103,7 +1105,10 @@ class RedisBroker(Broker):
             self._report(verdict, "seq")
         self.stats.received += 1
         if endpoint_log:
-            self._deliver_entry(envelope, offset, None)
+            message = None if envelope.kind is Kind.CLOSE else envelope.outgoing()
+            self._deliver_at(
+                offset, envelope.kind, envelope.endpoint, envelope.target, message, envelope.payload
+            )
         else:
             self.receive(envelope)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.envelope import Envelope
+from ..protocol.envelope import Envelope, Kind
 
 if TYPE_CHECKING:
     import redis
@@ -94,10 +94,14 @@ class MemoryLog:
         self.offset = 0
         """The offset of the newest entry (0: none yet)."""
         self._clock = clock
-        self._entries: deque[tuple[float, Entry]] = deque(maxlen=recovery.size)
+        # time, offset, kind, opcode, endpoint, target, payload
+        self._entries: deque[tuple[float, int, Kind, int, str, str, bytes]] = deque(
+            maxlen=recovery.size
+        )
 
-    def append(self, envelope: Envelope) -> int:
-        """Keep ``envelope`` as the next entry.
+    def append(self, kind: Kind, opcode: int, endpoint: str, target: str, payload: bytes) -> int:
+        """Keep a send as the next entry (the fields of its :class:`Envelope`, made only
+        when it is replayed: this is every local send's path).
 
         Returns:
             Its offset.
@@ -105,7 +109,7 @@ class MemoryLog:
         now = self._clock()
         self._trim(now)
         self.offset += 1
-        self._entries.append((now, Entry(self.offset, envelope)))
+        self._entries.append((now, self.offset, kind, opcode, endpoint, target, payload))
         return self.offset
 
     def top(self) -> Position:
@@ -122,11 +126,16 @@ class MemoryLog:
         self._trim(self._clock())
         if since.epoch != self.epoch or since.offset > self.offset:
             return None
-        first = self._entries[0][1].offset if self._entries else self.offset + 1
+        first = self._entries[0][1] if self._entries else self.offset + 1
         if since.offset + 1 < first:
             return None
         skip = since.offset + 1 - first
-        return [entry for _, entry in itertools.islice(self._entries, skip, None)]
+        return [
+            Entry(offset, Envelope(kind, opcode, endpoint, target, payload))
+            for _, offset, kind, opcode, endpoint, target, payload in itertools.islice(
+                self._entries, skip, None
+            )
+        ]
 
     def _trim(self, now: float) -> None:
         oldest = now - self.recovery.age

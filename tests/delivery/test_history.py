@@ -37,6 +37,11 @@ def envelope(text: str, kind: Kind = Kind.BROADCAST, target: str = "") -> Envelo
     return Envelope(kind, Opcode.TEXT, "/ws", target, text.encode())
 
 
+def append(log: MemoryLog, text: str) -> int:
+    sent = envelope(text)
+    return log.append(sent.kind, sent.opcode, sent.endpoint, sent.target, sent.payload)
+
+
 class Clock:
     """A clock the test moves."""
 
@@ -61,7 +66,7 @@ def test_the_memory_log_numbers_from_one_and_replays_what_follows_a_position() -
     log = MemoryLog(Recovery(size=10))
     assert log.top() == Position(log.epoch, 0)
     assert log.replay(Position(log.epoch, 0)) == []
-    offsets = [log.append(envelope(f"m{number}")) for number in range(1, 4)]
+    offsets = [append(log, f"m{number}") for number in range(1, 4)]
     assert offsets == [1, 2, 3] and log.top() == Position(log.epoch, 3)
     assert log.replay(Position(log.epoch, 1)) == [
         Entry(2, envelope("m2")),
@@ -77,12 +82,12 @@ def test_the_memory_log_is_trimmed_by_size_and_by_age() -> None:
     clock = Clock()
     log = MemoryLog(Recovery(size=3, age=10.0), clock)
     for number in range(1, 6):
-        log.append(envelope(f"m{number}"))
+        append(log, f"m{number}")
     entries = log.replay(Position(log.epoch, 2))
     assert entries is not None and [entry.offset for entry in entries] == [3, 4, 5]
     assert log.replay(Position(log.epoch, 1)) is None  # 2 is gone: size 3
     clock.now += 5
-    log.append(envelope("m6"))
+    append(log, "m6")
     clock.now += 6  # 3-5 are 11 s old, 6 is 6 s old
     assert log.replay(Position(log.epoch, 2)) is None
     entries = log.replay(Position(log.epoch, 5))
