@@ -449,6 +449,10 @@ class Queueing(Recorder):
         self.queue.put(self.messages[-1])
         return True
 
+    def request_close(self, code: int, reason: str = "") -> None:
+        super().request_close(code, reason)
+        self.queue.put(f"closed {code}")
+
 
 class Failing(Recorder):
     """A Recorder with a bug."""

@@ -11,6 +11,7 @@ import pytest
 import redis
 from gevent.event import Event
 
+from geo_ws import Emitter
 from geo_ws.delivery.broker import Gap, MemoryBroker, RedisBroker
 from geo_ws.delivery.history import (
     APPEND_SCRIPT,
@@ -428,3 +429,39 @@ def test_redis_killed_mid_stream_what_the_history_kept_is_repaired_the_rest_coun
     else:
         assert receiving.stats.histories_lost == 2  # the logs of /plain and /rec
     assert receiving.stats.missed == sum(gap.count for gap in gaps)
+
+
+def test_sends_to_a_recovery_endpoint_go_through_its_log_from_any_process(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    ns = namespace()
+    here, (local,) = recovering("h.1")
+    there, (remote,) = recovering("t.1")
+    sending = subscribed(redis_server.url, stop_brokers, here, namespace=ns)
+    subscribed(redis_server.url, stop_brokers, there, namespace=ns)
+    there.join("t.1", "lobby")
+    assert sending.send_to("/ws", "t.1", "to t.1")  # not here: its log finds it
+    assert sending.broadcast("/ws", "lobby", room="lobby") == 0
+    assert sending.send_to("/ws", "h.1", "to h.1")  # here, but positioned all the same
+    assert take(remote, 2) == ["1:to t.1", "2:lobby"]
+    assert take(local, 1) == ["3:to h.1"]
+    emitter = Emitter(redis_server.url, namespace=ns)
+    try:
+        assert emitter.broadcast("/ws", "from cron") == 2  # found the endpoint's log
+        assert emitter.send_to("t.1", "by id", endpoint="/ws") == 2
+        assert take(remote, 2) == ["4:from cron", "5:by id"]
+        assert take(local, 1) == ["4:from cron"]
+        assert emitter.close("t.1", 4001, "bye", endpoint="/ws") == 2
+        assert take(remote, 1) == ["closed 4001"]
+    finally:
+        emitter.disconnect()
+    assert remote.closed == (4001, "bye") and "t.1" not in there
+    entries = sending.replay("/ws", Position(sending.top("/ws").epoch, 0))
+    assert [entry.envelope.kind for entry in entries or []] == [
+        Kind.SEND_TO,
+        Kind.ROOM,
+        Kind.SEND_TO,
+        Kind.BROADCAST,
+        Kind.SEND_TO,
+        Kind.CLOSE,
+    ]
