@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import socket
 import time
 from datetime import timedelta
@@ -22,7 +23,7 @@ from .._compat.gunicorn import (
     base_environ,
     ssl_context,
 )
-from ..delivery.broker import flush_all
+from ..delivery.broker import flush_all, get_broker
 from .builtin import Handler, Server
 from .http import log_safe
 from .process import settle_process
@@ -118,6 +119,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
     def run(self) -> None:
         """Serve until told to stop, then close every WebSocket with 1001."""
         settle_process()  # the app is loaded: what exists now lives as long as the worker
+        self._subscribe()
         self._stopping = Event()
         self._serving = []
         ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
@@ -149,6 +151,16 @@ class Worker(GeventWorker):  # type: ignore[misc]
         # Frozen objects outlive the modules at exit: their finalizers (logging's weak
         # references) would then fail noisily. Let the exit finalize them in order.
         gc.unfreeze()
+
+    def _subscribe(self) -> None:
+        """Subscribe to the environment's broker before accepting anything, so that no
+        handshake waits for it (endpoints configured otherwise subscribe on their first)."""
+        url = os.environ.get("GEO_WS_BROKER_URL")
+        if url:
+            try:
+                get_broker(url).listen()
+            except ValueError:
+                pass  # a URL no broker takes: the endpoints say so when they use it
 
     def _notify_interval(self) -> float:
         # self.timeout is half of --timeout already; 0 means no timeout.
