@@ -5,7 +5,7 @@ process's connections first, at once, then forwards it to the other processes wh
 there are any; it never makes a sender wait for the network.
 
 - :class:`MemoryBroker`, the default: one process, nothing to install.
-- :class:`RedisBroker`: Redis pub/sub between gunicorn workers and hosts
+- :class:`RedisBroker`: Redis between gunicorn workers and hosts
   (``GEO_WS_BROKER_URL=redis://...``; needs ``pip install geo_ws[redis]``).
 
 Channels, in a namespace ``NS`` (default ``geo_ws``):
@@ -13,22 +13,26 @@ Channels, in a namespace ``NS`` (default ``geo_ws``):
 - ``NS:all`` carries broadcasts and room messages of every endpoint. Every node
   subscribes to it and keeps what concerns its own connections: a room message costs
   a dictionary lookup on nodes without members, but joining or leaving a room never
-  touches Redis and a connection that joined gets the very next message (per-room
-  channels would race their SUBSCRIBE against the first publish, and lose messages
-  in the meantime without anyone noticing).
+  touches Redis and a connection that joined gets the very next message.
 - ``NS:node:NODE`` carries ``send_to`` and ``close`` for the connections of one node
   (ids are ``NODE.TOKEN``): one publish reaches the one process that holds the client.
+- ``NS:ep:KEY`` carries everything sent to the clients of an endpoint with recovery
+  (``Registry.recovery``), local ones included: they get it from there, positioned.
 
-An envelope is a small binary header and the raw payload (see
-:class:`~geo_ws.protocol.envelope.Envelope`).
-Every publisher numbers what it sends on each channel, so a receiver notices when
-Redis pub/sub, which is at-most-once, drops messages (a reconnect, a subscriber
-disconnected by ``client-output-buffer-limit``): it logs a warning, counts them in
-:attr:`Broker.stats` and calls the ``broker_gap`` hooks.
+Each channel has a log in Redis (a stream trimmed by size and age, see
+:mod:`geo_ws.delivery.history`): a message is appended and published in one atomic step,
+with an offset under an epoch. An envelope is a small binary header and the raw
+payload (see :class:`~geo_ws.protocol.envelope.Envelope`), published tagged with its
+position.
 
-Guarantees across processes: at-most-once, in each sender's order per channel
-(broadcasts and room messages keep their mutual order; sends to one node keep
-theirs), no global order between senders, and no loss without a report.
+Guarantees across processes: a worker accepts no WebSocket before its subscription is
+live (:meth:`Broker.listen`); it fills what its subscription missed from the logs, in
+order and without duplicates, and catches up after every reconnect, so it gets every
+message once, in each sender's order per channel, while the log holds it. What the
+logs no longer hold, what Redis lost (a new epoch) and what a publisher dropped while
+Redis was down (endpoints without recovery; recovery endpoints' messages wait and are
+retried) is reported with counts: a warning, :attr:`Broker.stats` and the
+``broker_gap`` hooks. No global order between senders.
 """
 
 from __future__ import annotations
