@@ -465,3 +465,16 @@ def test_sends_to_a_recovery_endpoint_go_through_its_log_from_any_process(
         Kind.SEND_TO,
         Kind.CLOSE,
     ]
+
+
+def test_a_recovery_endpoint_attached_while_listening_is_subscribed_before_it_serves(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    broker = subscribed(redis_server.url, stop_brokers, Registry("/plain"))  # a worker's start
+    registry, (client,) = recovering("n.1")
+    broker.attach(registry)  # its first handshake
+    assert not broker.wait_subscribed(0)  # not before the endpoint's channel is live too
+    assert broker.listen()
+    broker.broadcast("/ws", "positioned")
+    assert take(client, 1) == ["1:positioned"]
+    assert broker.stats.disconnects == 0
