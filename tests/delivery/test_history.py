@@ -478,3 +478,20 @@ def test_a_recovery_endpoint_attached_while_listening_is_subscribed_before_it_se
     broker.broadcast("/ws", "positioned")
     assert take(client, 1) == ["1:positioned"]
     assert broker.stats.disconnects == 0
+
+
+def test_a_recovery_endpoints_sends_wait_for_redis_in_a_bounded_queue(
+    stop_brokers: list[RedisBroker],
+) -> None:
+    from tests.live_apps.redis_server import free_port
+
+    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", namespace=namespace(), max_queue=5)
+    stop_brokers.append(broker)
+    registry, (client,) = recovering("n.1")
+    broker.attach(registry)
+    with LogWatcher("dropping new ones") as dropping, LogWatcher("cannot publish") as down:
+        for number in range(8):
+            broker.broadcast("/ws", str(number))
+        assert dropping.seen.wait(WAIT) and down.seen.wait(WAIT)
+    assert broker.stats.publish_failed == 3  # the three past the bound; five wait
+    assert not broker.flush(0.2) and client.queue.empty()  # kept for when Redis is back
