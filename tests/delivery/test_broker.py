@@ -546,6 +546,17 @@ def test_a_rate_limited_log_says_how_many_records_it_left_out(
 # -- fresh workers under gunicorn ----------------------------------------------------------
 
 
+def subscribed_first(lines: list[str]) -> None:
+    """Each worker subscribed to Redis before it accepted anything."""
+    serving = [line for line in lines if "geo_ws serving on" in line]
+    assert serving, lines
+    for started in serving:
+        pid = re.search(r"worker pid (\d+)", started).group(1)  # type: ignore[union-attr]
+        own = [line for line in lines if f"[{pid}]" in line]
+        subscribed = [n for n, line in enumerate(own) if "broker: subscribed to" in line]
+        assert subscribed and subscribed[0] < own.index(started), own
+
+
 @pytest.mark.timeout(180)  # 20 starts of 3 workers: 2-4 s each
 def test_fresh_gunicorn_workers_miss_no_broadcast(redis_server: RedisServer) -> None:
     from tests.server.test_gunicorn import gunicorn
@@ -554,8 +565,9 @@ def test_fresh_gunicorn_workers_miss_no_broadcast(redis_server: RedisServer) -> 
     spread: list[int] = []
     for start in range(20):
         cluster = gunicorn("tests.live_apps.cluster:app", *broker, workers=3, stop=signal.SIGQUIT)
-        with cluster as (_, address):
-            # Nine clients at once on three workers that never subscribed yet.
+        with cluster as (server, address):
+            subscribed_first(server.stderr.lines)
+            # Nine clients at once on three fresh workers.
             connecting = [gevent.spawn(RawClient, address, "/ws") for _ in range(9)]
             gevent.joinall(connecting, timeout=WAIT, raise_error=True)
             clients = [greenlet.get(block=False) for greenlet in connecting]
