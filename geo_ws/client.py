@@ -27,5 +27,6 @@ another greenlet waits in ``recv``.
 """
 
 from .io.client import ClientConnection, connect
+from .io.resuming import MessagesLost, ResumingConnection
 
-__all__ = ["ClientConnection", "connect"]
+__all__ = ["ClientConnection", "MessagesLost", "ResumingConnection", "connect"]

@@ -19,9 +19,11 @@ from ..delivery.ids import new_id
 from ..exceptions import ConnectionClosed
 from ..io.concurrency import run_coroutine
 from ..io.connection import Connection, Interrupted
+from ..protocol.resume import SUBPROTOCOL
 from ..server.wsgi import OpenConnections, Transport
 from .appstate import app_state
 from .params import QueryParams
+from .recovery import Resumption
 
 if TYPE_CHECKING:
     from .._compat.flask import RequestScope
@@ -59,6 +61,13 @@ class WebSocketConnector:
         """The client's address."""
         self.subprotocol: str | None = None
         """The subprotocol chosen in the handshake, if any."""
+        self.resumed = False
+        """Whether this client came back within the recovery window, with the same id
+        and rooms (an endpoint with ``recovery=``; see docs/recovery.md)."""
+        self.recovered = False
+        """Whether it also gets every message it missed, replayed right after the
+        connect handler; ``False`` for a resume past the window: re-sync it."""
+        self._resumption: Resumption | None = None
         self._environ = environ
         self._endpoint = endpoint
         self._app = app
@@ -70,6 +79,7 @@ class WebSocketConnector:
         # receive() saw this client's connection end: a handler's ConnectionClosed then
         # is that ending, not the handler's failure.
         self._ended_in_receive = False
+        self._handling = False  # one of this client's handlers runs
         # The request context this connection holds past the view (popped at _end), and
         # the greenlet context that holds it.
         self._request_context: RequestScope | None = None
@@ -141,7 +151,10 @@ class WebSocketConnector:
         returns, after its return value; from anywhere else, at once.
         """
         self._connection.request_close(code, reason)
-        self._registry.remove(self.id)
+        if not (self._handling and self._resumption is not None):
+            self._unregister()
+        # Else its handler's return value is on its way through the log: the connection
+        # leaves the registry once the handler has returned.
 
     def receive(self, timeout: float | None = None) -> str | bytes:
         """Wait for this client's next message: the blocking-loop style.
@@ -163,6 +176,8 @@ class WebSocketConnector:
                 (1006) or failed, or :meth:`close` was called (the code asked for).
             TimeoutError: no message came within ``timeout``.
         """
+        if self._resumption is not None:
+            self._resumption.release()  # a connect handler that loops: go live now
         try:
             return self._connection.receive_or_closed(timeout)
         except ConnectionClosed:
@@ -175,10 +190,14 @@ class WebSocketConnector:
         """Put this client in ``room``: it gets ``sync_broadcast(data, room=room)`` sent
         from any process. It leaves its rooms when it closes."""
         self._registry.join(self.id, room)
+        if self._resumption is not None:
+            self._resumption.save()
 
     def leave(self, room: str) -> None:
         """Take this client out of ``room`` (a no-op if it is not in it)."""
         self._registry.leave(self.id, room)
+        if self._resumption is not None:
+            self._resumption.save()
 
     @property
     def rooms(self) -> frozenset[str]:
@@ -199,8 +218,37 @@ class WebSocketConnector:
         if connections is not None:
             connections.add(connection)
         self._parking = self._transport.detachable and connection.can_park
-        self._registry.add(self.id, connection)
+        if self.subprotocol == SUBPROTOCOL and self._registry.recovery is not None:
+            if not self._resume():
+                self._end()
+                return
+        else:
+            self._registry.add(self.id, connection)
         self._serve(connect=True)
+
+    def _resume(self) -> bool:
+        """A resuming client: its first message, its id and rooms, its hello.
+
+        Returns:
+            ``False`` if it sent no valid first message (the connection is closed).
+        """
+        resumption = Resumption(self._broker, self._registry, self._connection)
+        if not resumption.start():
+            return False
+        self._resumption = resumption
+        self.id = resumption.id
+        self.resumed = resumption.resumed
+        self.recovered = resumption.recovered
+        return True
+
+    def _unregister(self, *, stopping: bool = False) -> None:
+        """Take this client out of the registry (unless another connection resumed its
+        id meanwhile); keep its session for a resume."""
+        rooms = self._registry.rooms_of(self.id)
+        if self._registry.get(self.id) is self._connection:
+            self._registry.remove(self.id)
+        if self._resumption is not None:
+            self._resumption.dropped(rooms, write=not stopping)
 
     def _serve(self, connect: bool = False) -> None:
         """Handle what has come; park when nothing more has; once closed, run the
@@ -209,6 +257,8 @@ class WebSocketConnector:
         try:
             if connect:
                 self._dispatch("connect", "")
+                if self._resumption is not None:
+                    self._resumption.release()
             while connection.close_request is None:
                 try:
                     message = connection.receive_nowait() if self._parking else connection.receive()
@@ -220,12 +270,12 @@ class WebSocketConnector:
                 self._dispatch("message", message)
         except BaseException:
             # Killed (server stop) or a bug: nothing more may be sent.
-            self._registry.remove(self.id)
+            self._unregister(stopping=True)
             self._dispatch("close", "", deliver=False)
             connection.abort()
             self._end()
             raise
-        self._registry.remove(self.id)
+        self._unregister()
         request_ = connection.close_request
         self._dispatch(
             "close", "", deliver=connection.can_send and not (request_ and request_.error)
@@ -286,9 +336,15 @@ class WebSocketConnector:
         try:
             if self._direct is not None:
                 self._enter_request(self._direct)
-            result = handler.fn(**{name: self._inject(name, message) for name in handler.params})
-            if inspect.isawaitable(result):
-                result = run_coroutine(result)
+            self._handling = True
+            try:
+                result = handler.fn(
+                    **{name: self._inject(name, message) for name in handler.params}
+                )
+                if inspect.isawaitable(result):
+                    result = run_coroutine(result)
+            finally:
+                self._handling = False
             if deliver and result is not None:
                 self._send_result(event, result)
         except ConnectionClosed:
@@ -323,4 +379,7 @@ class WebSocketConnector:
                 f"the {event} handler returned {type(result).__name__}: return str, bytes, "
                 "dict, list or None"
             )
-        self._connection.send(result)
+        if self._resumption is not None:  # through the log: positioned like the rest
+            self._broker.send_to(self._registry.key, self.id, result)
+        else:
+            self._connection.send(result)

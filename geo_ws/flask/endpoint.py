@@ -32,6 +32,7 @@ from .._compat.flask import (
     current_object,
 )
 from ..delivery.broker import Broker
+from ..delivery.history import Recovery
 from ..delivery.registry import Registry
 from ..exceptions import HandshakeError
 from ..io.connection import Connection
@@ -44,11 +45,13 @@ from ..protocol.handshake import (
     response_101,
     select_subprotocol,
 )
+from ..protocol.resume import SUBPROTOCOL
 from ..server.quick import register_direct_lane
 from ..server.wsgi import Transport, take_over
 from .appstate import AppState, Handler, app_state
 from .connector import Data, WebSocketConnector
 from .direct import direct_lane
+from .recovery import as_recovery
 
 if TYPE_CHECKING:
     pass
@@ -126,6 +129,11 @@ class WebSocket:
             :class:`~geo_ws.delivery.broker.Broker` or a URL (``redis://...``). Default: the
             app's ``GEO_WS_BROKER_URL`` config, else the ``GEO_WS_BROKER_URL``
             environment variable, else one process only (see :mod:`geo_ws.delivery.broker`).
+        recovery: ``True`` (or a :class:`~geo_ws.Recovery` to size the window): clients
+            that drop and come back within the window get their id, rooms and every
+            message they missed (see docs/recovery.md). Read from the app's
+            ``GEO_WS_RECOVERY`` config when the endpoint is added to the app. Default:
+            ``None``, off.
     """
 
     def __init__(
@@ -145,13 +153,14 @@ class WebSocket:
         compression: str | DeflateOptions | None = UNSET,
         decorators: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
         broker: Broker | str | None = None,
+        recovery: bool | Recovery | None = UNSET,
     ) -> None:
         self._explicit = {
             name: value
             for name, value in locals().items()
             if name in Options.names() and value is not UNSET
         }
-        Options.resolve(self._explicit, {})  # fail now on a bad value, not at a handshake
+        as_recovery(Options.resolve(self._explicit, {}).recovery)  # fail now on a bad value
         self._options: WeakKeyDictionary[Flask, Options] = WeakKeyDictionary()
         self._broker_option = broker
         self.path = path
@@ -181,7 +190,8 @@ class WebSocket:
         state = app_state(app)
         # Other processes know the endpoint by its full rule, as Flask joins it.
         key = "/".join((url_prefix.rstrip("/"), self.path.lstrip("/"))) if url_prefix else self.path
-        state.registries[self] = Registry(key)
+        recovery = as_recovery(Options.resolve(self._explicit, app.config).recovery)
+        state.registries[self] = Registry(key, recovery)
         state.global_dependencies.update(self._global_injections)
         app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
         self._apps.append(app)
@@ -375,7 +385,10 @@ class WebSocket:
             raise HandshakeError(503, f"this endpoint is at its limit of {limit}")
         if not app_state(app).broker(self).listen():  # it would miss what others send
             raise HandshakeError(503, "not connected to the other processes yet: try again")
-        subprotocol = select_subprotocol(environ, options.subprotocols)
+        subprotocols = options.subprotocols
+        if app_state(app).registries[self].recovery is not None:
+            subprotocols = (SUBPROTOCOL, *subprotocols)
+        subprotocol = select_subprotocol(environ, subprotocols)
         negotiated = None
         if options.compression is not None:
             offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")

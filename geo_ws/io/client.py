@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from time import monotonic
 from types import TracebackType
+from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
 from gevent import getcurrent, spawn
 from gevent import socket as gsocket
@@ -25,7 +26,37 @@ from ..exceptions import ConnectionClosed, ConnectionClosedError, HandshakeError
 from ..protocol.handshake import ClientHandshake
 from .connection import CloseRequest, Connection, Interrupted, fresh_clock
 
+if TYPE_CHECKING:
+    from .resuming import ResumingConnection
+
 __all__ = ["ClientConnection", "connect"]
+
+
+# The overloads say which class connect() returns; the signature is the same.
+@overload
+def connect(
+    url: str,
+    *,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    subprotocols: Sequence[str] | None = None,
+    timeout: float | None = 10.0,
+    max_message_size: int | None = 2**20,
+    ssl_context: gssl.SSLContext | None = None,
+    resume: Literal[False] = False,
+) -> ClientConnection: ...
+
+
+@overload
+def connect(
+    url: str,
+    *,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    subprotocols: Sequence[str] | None = None,
+    timeout: float | None = 10.0,
+    max_message_size: int | None = 2**20,
+    ssl_context: gssl.SSLContext | None = None,
+    resume: Literal[True],
+) -> ResumingConnection: ...
 
 
 def connect(
@@ -36,8 +67,13 @@ def connect(
     timeout: float | None = 10.0,
     max_message_size: int | None = 2**20,
     ssl_context: gssl.SSLContext | None = None,
-) -> ClientConnection:
+    resume: bool = False,
+) -> ClientConnection | ResumingConnection:
     """Open a WebSocket connection: TCP (and TLS for ``wss://``), then the opening handshake.
+
+    With ``resume=True`` the connection comes back by itself after a drop and resumes
+    (an endpoint with ``recovery=``; see :class:`~geo_ws.io.resuming.ResumingConnection`
+    and docs/recovery.md).
 
     Args:
         url: ``ws://host[:port]/path[?query]`` or ``wss://...``.
@@ -49,9 +85,12 @@ def connect(
             limit. A larger one fails the connection with 1009.
         ssl_context: the TLS context for ``wss://``; by default gevent's
             ``create_default_context()``, which verifies the server's certificate.
+        resume: reconnect and resume after a drop; ``subprotocols`` may not be given
+            then (the resume wire is the subprotocol).
 
     Returns:
-        The open connection.
+        The open connection: a :class:`~geo_ws.io.resuming.ResumingConnection` with
+        ``resume=True``.
 
     Raises:
         ValueError: the URL is not a ``ws://`` or ``wss://`` URL.
@@ -61,6 +100,18 @@ def connect(
         TimeoutError: the connection or the handshake took longer than ``timeout``.
         OSError: the TCP connection failed (``ConnectionRefusedError``...).
     """
+    if resume:
+        if subprotocols:
+            raise ValueError("resume=True speaks its own subprotocol: pass no subprotocols")
+        from .resuming import ResumingConnection  # here: it is built on this module
+
+        return ResumingConnection(
+            url,
+            headers=headers,
+            timeout=timeout,
+            max_message_size=max_message_size,
+            ssl_context=ssl_context,
+        )
     handshake = ClientHandshake(url, headers=headers, subprotocols=subprotocols)
     deadline = None if timeout is None else monotonic() + timeout
     sock = gsocket.create_connection((handshake.host, handshake.port), timeout=timeout)
@@ -122,7 +173,59 @@ def _refusal_body(sock: gsocket.socket, length: int, body: bytes) -> bytes:
     return body
 
 
-class ClientConnection:
+_C = TypeVar("_C", bound="_Client")
+
+
+class _Client:
+    """What both clients share: their state, ``with``, and iteration."""
+
+    url: str
+    close_code: int | None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is over."""
+        return self.close_code is not None
+
+    def __repr__(self) -> str:
+        state = "open" if self.close_code is None else f"closed {self.close_code}"
+        return f"<{type(self).__name__} {self.url} {state}>"
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[str | bytes]:
+        """Yield messages until the connection ends with 1000 or 1001.
+
+        Raises:
+            ConnectionClosedError: the connection ended with another code.
+        """
+        while True:
+            try:
+                yield self.recv()
+            except ConnectionClosed as exc:
+                if exc.code in (1000, 1001):
+                    return
+                raise
+
+    def recv(self, timeout: float | None = None) -> str | bytes:
+        """Wait for the next message (see the subclasses)."""
+        raise NotImplementedError
+
+    def close(self, code: int = 1000, reason: str = "", timeout: float | None = 5.0) -> None:
+        """Close the connection (see the subclasses)."""
+        raise NotImplementedError
+
+
+class ClientConnection(_Client):
     """One open WebSocket connection, client side; made by :func:`connect`.
 
     A context manager: leaving the ``with`` block closes the connection (1000).
@@ -180,42 +283,6 @@ class ClientConnection:
         self._hub = get_hub()
         # Read what came with the handshake response, then park (or read on, under TLS).
         spawn(self._serve)
-
-    # --- state ----------------------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        """Whether the connection is over: a Close was received or it was lost."""
-        return self.close_code is not None
-
-    def __repr__(self) -> str:
-        state = "open" if self.close_code is None else f"closed {self.close_code}"
-        return f"<ClientConnection {self.url} {state}>"
-
-    def __enter__(self) -> ClientConnection:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[str | bytes]:
-        """Yield messages until the server closes with 1000 or 1001.
-
-        Raises:
-            ConnectionClosedError: the connection ended with another code.
-        """
-        while True:
-            try:
-                yield self.recv()
-            except ConnectionClosed as exc:
-                if exc.code in (1000, 1001):
-                    return
-                raise
 
     # --- the reader -----------------------------------------------------------------------------
 

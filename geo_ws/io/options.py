@@ -39,6 +39,8 @@ class Options:
     subprotocols: Sequence[str] = ()
     max_connections: int | None = None
     compression: DeflateOptions | None = None
+    # True, a geo_ws.Recovery, or None/False: read by geo_ws.flask (a layer above).
+    recovery: Any = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from gevent.queue import Queue
 from gevent.server import StreamServer
 
 from geo_ws import WebSocket
-from geo_ws.client import ClientConnection, connect
+from geo_ws.client import ClientConnection, ResumingConnection, connect
 from geo_ws.exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -34,6 +34,7 @@ from geo_ws.protocol.frames import Opcode, encode_frame
 from geo_ws.protocol.machine import Close, Message, Ping, Protocol
 from tests.helpers import WAIT
 from tests.live_apps.process import run_python
+from tests.live_apps.proxy import CuttingProxy
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -79,6 +80,14 @@ def make_app() -> Flask:
             abort(403)
 
     WebSocket(app, "/forbidden")
+
+    resumable = WebSocket(app, "/resumable", recovery=True)
+
+    @resumable.on("message")
+    def on_resumable(ws: object, msg: str) -> str:
+        if msg.startswith("close "):
+            ws.close(int(msg.split()[1]))  # type: ignore[attr-defined]
+        return msg
 
     sink = WebSocket(app, "/sink", max_message_size=2**20)
 
@@ -288,6 +297,74 @@ def test_connection_refused_and_bad_urls() -> None:
         connect(f"ws://127.0.0.1:{port}/", timeout=WAIT)
     with pytest.raises(ValueError):
         connect("http://127.0.0.1/", timeout=WAIT)
+
+
+# --- resume=True ---------------------------------------------------------------------------------
+
+
+def test_resume_needs_an_endpoint_with_recovery(address: str) -> None:
+    with pytest.raises(HandshakeError, match="has no recovery"):
+        connect(f"ws://{address}/echo", resume=True, timeout=WAIT)
+    with pytest.raises(ValueError, match="subprotocol"):
+        connect(f"ws://{address}/resumable", resume=True, subprotocols=["x"])
+
+
+@pytest.mark.parametrize("code", [1000, 4001])
+def test_a_resuming_client_does_not_come_back_after_a_close_on_purpose(
+    address: str, code: int
+) -> None:
+    proxy = CuttingProxy(address)
+    try:
+        with connect(f"ws://{proxy.address}/resumable", resume=True, timeout=WAIT) as conn:
+            assert repr(conn).startswith("<ResumingConnection ws://")
+            conn.send(f"close {code}")
+            assert conn.recv(timeout=WAIT) == f"close {code}"  # the handler's return value
+            with pytest.raises(ConnectionClosed):
+                conn.recv(timeout=WAIT)
+            assert conn.closed
+            assert conn.close_code == code
+            assert (conn.reconnects, proxy.accepted) == (0, 1)
+    finally:
+        proxy.stop()
+
+
+def test_a_send_while_reconnecting_waits_for_the_connection(address: str) -> None:
+    proxy = CuttingProxy(address)
+    try:
+        with ResumingConnection(f"ws://{proxy.address}/resumable", timeout=WAIT) as conn:
+            proxy.paused = True
+            proxy.cut()
+            with gevent.Timeout(WAIT):
+                while conn.connected:  # until the client sees the reset
+                    gevent.sleep(0.01)
+            sender = gevent.spawn(conn.send, "meanwhile")
+            gevent.sleep(0.3)
+            assert not sender.dead  # waits: no connection to send on
+            proxy.paused = False
+            sender.get(timeout=WAIT)
+            assert conn.recv(timeout=WAIT) == "meanwhile"
+            assert conn.reconnects == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_resuming_client_gives_up_after_reconnect_for(address: str) -> None:
+    proxy = CuttingProxy(address)
+    try:
+        conn = ResumingConnection(
+            f"ws://{proxy.address}/resumable", timeout=WAIT, reconnect_for=0.3, send_timeout=0.2
+        )
+        proxy.paused = True
+        proxy.cut()
+        with pytest.raises(ConnectionClosedError) as info:
+            conn.recv(timeout=WAIT)
+        assert info.value.code == 1006
+        assert conn.closed
+        with pytest.raises(ConnectionClosedError):
+            conn.send("too late")
+        conn.close()  # over already: nothing to do
+    finally:
+        proxy.stop()
 
 
 # --- a raw server, for what a correct geo_ws server never does ------------------------------------
