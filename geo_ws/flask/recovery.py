@@ -132,7 +132,10 @@ class Resumption:
         self._after = top.offset
         missed: int | None = 0
         if isinstance(first, Resume):
-            missed = self._prepare_replay(Position(first.epoch, first.offset), top, rooms)
+            # Epoch "": the log was empty at the client's first hello; its offsets are of
+            # the epoch the log took with its first entry.
+            epoch = first.epoch or top.epoch
+            missed = self._prepare_replay(Position(epoch, first.offset), top, rooms)
         connection.send(
             Hello(
                 self.id, self._sid, top.epoch, top.offset, self.resumed, self.recovered, missed

@@ -107,6 +107,9 @@ class ResumingConnection(_Client):
         """Whether the last reconnection also got every message missed meanwhile."""
         self.reconnects = 0
         """How many times the client came back after a drop."""
+        self.last_drop: int | None = None
+        """The close code of the last drop it came back from (1001: the server went
+        away, 1006: the connection was lost...)."""
         self.close_code: int | None = None
         """None while open or reconnecting; then how it ended for good."""
         self.close_reason: str | None = None
@@ -187,6 +190,7 @@ class ResumingConnection(_Client):
             try:
                 data = self._connection.recv()
             except ConnectionClosed as exc:
+                self.last_drop = exc.code
                 if self._closing or exc.code in FINAL_CODES or not self._reconnect():
                     self._end(exc.code, exc.reason)
                     return
