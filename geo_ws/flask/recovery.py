@@ -22,7 +22,7 @@ from ..exceptions import ConnectionClosed
 from ..io.connection import Connection
 from ..protocol.envelope import Kind
 from ..protocol.frames import parse_close
-from ..protocol.resume import Hello, Resume, ResumeError, parse_first, positioned
+from ..protocol.resume import Hello, Resume, ResumeError, Start, parse_first, positioned
 
 __all__ = ["FIRST_MESSAGE_TIMEOUT", "Resumption", "as_recovery", "sessions_of"]
 
@@ -94,8 +94,9 @@ class Resumption:
         connection (held), and send the hello.
 
         Returns:
-            ``False`` if the client sent no valid first message: then the connection is
-            closed (1002, 1003 or 1008), and no handler may run.
+            ``False`` if the client sent no valid first message (then the connection is
+            closed with 1002, 1003 or 1008), or if its session or the log could not be
+            read (Redis down: closed with 1013, try again later). No handler may run then.
         """
         connection = self._connection
         try:
@@ -109,6 +110,26 @@ class Resumption:
         except ConnectionClosed:
             connection.close(connection.echo_code, "")
             return False
+        try:
+            hello = self._restore(first)
+        except Exception:
+            logger.exception("could not resume a client of WebSocket %s", self._registry.key)
+            if self._registry.get(self.id) is connection:
+                self._registry.remove(self.id)
+            self._sessions.untrack(self._sid, self._owner)
+            connection.close(1013, "cannot resume now: try again later")
+            return False
+        connection.send(hello.encode())
+        self._pending = True
+        return True
+
+    def _restore(self, first: Start | Resume) -> Hello:
+        """Restore the session (or make one), register the connection (held), and find
+        what it missed.
+
+        Returns:
+            The hello to send.
+        """
         session = None
         if isinstance(first, Resume):
             session = self._sessions.claim(first.session, self._owner)
@@ -123,7 +144,7 @@ class Resumption:
         if older is not None:  # the same session, still open here (half-open TCP)
             registry.remove(self.id)
             older.request_close(1008, "session resumed elsewhere")
-        registry.add(self.id, connection, framer=positioned)
+        registry.add(self.id, self._connection, framer=positioned)
         registry.hold(self.id)
         for room in rooms:
             registry.join(self.id, room)
@@ -136,13 +157,9 @@ class Resumption:
             # the epoch the log took with its first entry.
             epoch = first.epoch or top.epoch
             missed = self._prepare_replay(Position(epoch, first.offset), top, rooms)
-        connection.send(
-            Hello(
-                self.id, self._sid, top.epoch, top.offset, self.resumed, self.recovered, missed
-            ).encode()
+        return Hello(
+            self.id, self._sid, top.epoch, top.offset, self.resumed, self.recovered, missed
         )
-        self._pending = True
-        return True
 
     def _prepare_replay(self, since: Position, top: Position, rooms: frozenset[str]) -> int | None:
         """Find what the client missed since ``since``.

@@ -185,6 +185,28 @@ def test_a_reset_connection_resumes_through_redis(redis_app_address: str, emitte
         proxy.stop()
 
 
+def test_a_redis_restarted_without_its_data_is_told_to_the_client(
+    redis_app_address: str, redis_server: RedisServer
+) -> None:
+    proxy = CuttingProxy(redis_app_address)
+    try:
+        client = resuming(proxy.address)
+        first_id = client.id
+        client.send("blue")
+        assert client.recv(timeout=WAIT) == "joined blue"
+        redis_server.kill()
+        proxy.cut()  # meanwhile handshakes get 503 (no subscription): the client retries
+        redis_server.start()  # no persistence: logs and sessions are gone
+        with pytest.raises(MessagesLost) as info:
+            client.recv(timeout=STREAM_WAIT)
+        assert info.value.hello.resumed is False
+        assert client.id != first_id
+        client.send("again")
+        assert client.recv(timeout=WAIT) == "joined again"
+    finally:
+        proxy.stop()
+
+
 # -- the built-in server stopped and started again ---------------------------------------------
 
 
