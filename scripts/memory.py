@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from geo_ws.protocol.frames import Opcode, encode_frame
@@ -36,13 +38,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def open_socket(port: int, offer_deflate: bool) -> socket.socket:
+def open_socket(
+    port: int, offer_deflate: bool, path: str = "/echo", headers: str = ""
+) -> socket.socket:
+    """A WebSocket to ``path`` after its 101; ``headers``: more lines, each ending in CRLF."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     key = base64.b64encode(os.urandom(16)).decode()
-    extensions = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if offer_deflate else ""
+    if offer_deflate:
+        headers += "Sec-WebSocket-Extensions: permessage-deflate\r\n"
     sock.sendall(
-        f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n".encode()
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n".encode()
     )
     head = b""
     while not head.endswith(b"\r\n\r\n"):
@@ -52,11 +58,14 @@ def open_socket(port: int, offer_deflate: bool) -> socket.socket:
     return sock
 
 
-def measure(count: int, compression: bool) -> tuple[float, float]:
-    port = free_port()
-    env = dict(os.environ, PORT=str(port), COMPRESSION="deflate" if compression else "")
+@contextmanager
+def serving(
+    args: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python ARGS`` in the repository, once it accepts connections on ``port``;
+    terminated at the end."""
     server = subprocess.Popen(
-        [sys.executable, "scripts/bench_target.py"],
+        [sys.executable, *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -69,6 +78,16 @@ def measure(count: int, compression: bool) -> tuple[float, float]:
                 break
             except OSError:
                 time.sleep(0.1)
+        yield server
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def measure(count: int, compression: bool) -> tuple[float, float]:
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), COMPRESSION="deflate" if compression else "")
+    with serving(["scripts/bench_target.py"], port, env) as server:
         time.sleep(0.5)
         before = rss_kib(server.pid)
         sockets = [open_socket(port, compression) for _ in range(count)]
@@ -84,9 +103,6 @@ def measure(count: int, compression: bool) -> tuple[float, float]:
         for sock in sockets:
             sock.close()
         return (idle - before) / count, (active - before) / count
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def main() -> None:
