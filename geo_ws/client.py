@@ -24,6 +24,11 @@ monkey-patched program): pings from the server are answered and messages queued 
 ``recv`` meanwhile. One greenlet at a time may wait in ``recv``; any greenlet may send,
 and :meth:`~ClientConnection.ping` and :meth:`~ClientConnection.close` also work while
 another greenlet waits in ``recv``.
+
+``connect(url, resume=True)`` returns a :class:`ResumingConnection` instead: for an
+endpoint with ``recovery=``, it comes back by itself after a drop and resumes, so that
+``recv`` goes on returning every message once, in order (or raises
+:class:`MessagesLost` where a resume came too late); see docs/recovery.md.
 """
 
 from .io.client import ClientConnection, connect
