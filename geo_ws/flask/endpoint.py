@@ -190,7 +190,7 @@ class WebSocket:
         state = app_state(app)
         # Other processes know the endpoint by its full rule, as Flask joins it.
         key = "/".join((url_prefix.rstrip("/"), self.path.lstrip("/"))) if url_prefix else self.path
-        recovery = as_recovery(Options.resolve(self._explicit, app.config).recovery)
+        recovery = as_recovery(self._explicit.get("recovery", app.config.get("GEO_WS_RECOVERY")))
         state.registries[self] = Registry(key, recovery)
         state.global_dependencies.update(self._global_injections)
         app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
