@@ -301,13 +301,31 @@ class ResumingConnection(_Client):
                     raise
                 sleep(0.01)  # dropped under us: the reader notices, and reconnects
 
+    def ping(self, data: bytes | None = None, timeout: float | None = 10.0) -> float:
+        """Send a Ping on the current connection and wait for its Pong (see
+        :meth:`ClientConnection.ping <geo_ws.io.client.ClientConnection.ping>`).
+
+        Returns:
+            The round-trip time in seconds.
+
+        Raises:
+            ConnectionClosed: no connection now (reconnecting, or over).
+            TimeoutError: no Pong within ``timeout``.
+        """
+        if not self.connected:
+            raise ConnectionClosedError(1006, "not connected now")
+        return self._connection.ping(data, timeout)
+
     def close(self, code: int = 1000, reason: str = "", timeout: float | None = 5.0) -> None:
-        """Close for good, with a closing handshake; does nothing if already closed."""
+        """Close for good, with a closing handshake (while reconnecting: at once, with
+        ``code``); does nothing if already closed."""
         if self.close_code is not None:
             return
         self._closing = True
-        self._connection.close(code, reason, timeout)
-        self._reader.join(timeout=None if timeout is None else timeout + 1.0)
-        if self.close_code is None:
+        if self._ready.is_set():
+            self._connection.close(code, reason, timeout)
+            self._reader.join(timeout=None if timeout is None else timeout + 1.0)
+            code, reason = self._connection.close_code or 1006, self._connection.close_reason or ""
+        if self.close_code is None:  # reconnecting, or the reader did not finish
             self._reader.kill()
-            self._end(self._connection.close_code or 1006, self._connection.close_reason or "")
+            self._end(code, reason)

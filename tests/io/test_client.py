@@ -302,6 +302,13 @@ def test_connection_refused_and_bad_urls() -> None:
 # --- resume=True ---------------------------------------------------------------------------------
 
 
+def wait_dropped(conn: ResumingConnection) -> None:
+    """Until the client has seen its connection reset (it reads in the event loop)."""
+    with gevent.Timeout(WAIT):
+        while conn.connected:
+            gevent.sleep(0.01)
+
+
 def test_resume_needs_an_endpoint_with_recovery(address: str) -> None:
     with pytest.raises(HandshakeError, match="has no recovery"):
         connect(f"ws://{address}/echo", resume=True, timeout=WAIT)
@@ -334,9 +341,7 @@ def test_a_send_while_reconnecting_waits_for_the_connection(address: str) -> Non
         with ResumingConnection(f"ws://{proxy.address}/resumable", timeout=WAIT) as conn:
             proxy.paused = True
             proxy.cut()
-            with gevent.Timeout(WAIT):
-                while conn.connected:  # until the client sees the reset
-                    gevent.sleep(0.01)
+            wait_dropped(conn)
             sender = gevent.spawn(conn.send, "meanwhile")
             gevent.sleep(0.3)
             assert not sender.dead  # waits: no connection to send on
@@ -344,6 +349,25 @@ def test_a_send_while_reconnecting_waits_for_the_connection(address: str) -> Non
             sender.get(timeout=WAIT)
             assert conn.recv(timeout=WAIT) == "meanwhile"
             assert conn.reconnects == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_resuming_client_closed_while_reconnecting_stops_at_once(address: str) -> None:
+    proxy = CuttingProxy(address)
+    try:
+        conn = ResumingConnection(f"ws://{proxy.address}/resumable", timeout=WAIT)
+        assert conn.ping(timeout=WAIT) >= 0
+        proxy.paused = True
+        proxy.cut()
+        wait_dropped(conn)
+        with pytest.raises(ConnectionClosedError):
+            conn.ping()
+        with gevent.Timeout(1):
+            conn.close(1000, "bye")
+        assert (conn.close_code, conn.close_reason) == (1000, "bye")
+        with pytest.raises(ConnectionClosedOK):
+            conn.recv(timeout=WAIT)
     finally:
         proxy.stop()
 
