@@ -185,6 +185,19 @@ def test_a_reset_connection_resumes_through_redis(redis_app_address: str, emitte
         proxy.stop()
 
 
+def test_a_plain_client_of_the_endpoint_gets_plain_frames_through_redis(
+    redis_app_address: str, emitter: Emitter
+) -> None:
+    plain = RawClient(redis_app_address, ENDPOINT)
+    assert "Sec-WebSocket-Protocol" not in plain.response_head
+    plain.send_text("blue")
+    assert plain.recv() == "joined blue"
+    emitter.broadcast(ENDPOINT, "to all")
+    emitter.broadcast(ENDPOINT, b"\x00bytes", room="blue")
+    assert [plain.recv(), plain.recv()] == ["to all", b"\x00bytes"]
+    plain.close()
+
+
 def test_a_redis_restarted_without_its_data_is_told_to_the_client(
     redis_app_address: str, redis_server: RedisServer
 ) -> None:
