@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
@@ -189,14 +190,19 @@ class WebSocketConnector:
     def join(self, room: str) -> None:
         """Put this client in ``room``: it gets ``sync_broadcast(data, room=room)`` sent
         from any process. It leaves its rooms when it closes."""
-        self._registry.join(self.id, room)
-        if self._resumption is not None:
-            self._resumption.save()
+        self._change_rooms(self._registry.join, room)
 
     def leave(self, room: str) -> None:
         """Take this client out of ``room`` (a no-op if it is not in it)."""
-        self._registry.leave(self.id, room)
-        if self._resumption is not None:
+        self._change_rooms(self._registry.leave, room)
+
+    def _change_rooms(self, change: Callable[[str, str], bool], room: str) -> None:
+        """Join or leave; for a resuming client, keep its session in step (and change
+        nothing once its id was resumed on another connection)."""
+        if self._resumption is None:
+            change(self.id, room)
+        elif self._registry.get(self.id) is self._connection:
+            change(self.id, room)
             self._resumption.save()
 
     @property

@@ -34,6 +34,7 @@ class Recorder:
         self.connects: list[dict[str, Any]] = []
         self.closes: list[str] = []
         self.connected = Event()
+        self.closed = Event()
 
 
 def make_app(recorder: Recorder, recovery: Any = True) -> tuple[Flask, WebSocket]:
@@ -52,6 +53,9 @@ def make_app(recorder: Recorder, recovery: Any = True) -> tuple[Flask, WebSocket
     @live.on("close")
     def on_close(ws: Any) -> None:
         recorder.closes.append(ws.id)
+        for room in ws.rooms:
+            ws.leave(room)  # a no-op for a connection whose id resumed elsewhere
+        recorder.closed.set()
 
     def on_message(ws: Any, msg: str | bytes) -> str | bytes | None:
         if isinstance(msg, bytes):
@@ -208,17 +212,21 @@ def test_past_the_window_the_client_is_told(serve: Callable[[Flask], str]) -> No
 
 def test_an_older_connection_of_the_session_is_closed(address: str, recorder: Recorder) -> None:
     client = resuming(address, reconnect_for=1.0)
+    client.send("join blue")
+    assert client.recv(timeout=WAIT) == "joined blue"
     session = client._session
     assert session is not None
     raw = RawClient(address, "/live", {"Sec-WebSocket-Protocol": SUBPROTOCOL})
-    raw.send_text(Resume(session, "", 0).encode())
+    raw.send_text(Resume(session, client._epoch, client._offset).encode())
     hello = parse_hello(raw.recv())
     assert (hello.id, hello.resumed) == (client.id, True)
     with pytest.raises(ConnectionClosed) as info:
         client.recv(timeout=WAIT)
     assert info.value.code == 1008
-    raw.send_text("hi")
-    assert raw.recv().endswith(":echo hi")
+    assert recorder.closed.wait(WAIT)
+    assert recorder.closes == [client.id]  # its close handler ran, and left "blue"...
+    raw.send_text("room blue still in it")
+    assert raw.recv().endswith(":still in it")  # ...of the old connection only
     raw.close()
 
 
