@@ -130,7 +130,8 @@ class ResumingConnection(_Client):
         self._arrived = Event()
         self._ready = Event()  # a connection is open and greeted
         self._closing = False
-        self._connection = self._open()
+        self._connection, hello = self._open()
+        self._greet(hello)
         self._reader: Greenlet[Any, None] = spawn(self._read)
 
     @property
@@ -140,11 +141,11 @@ class ResumingConnection(_Client):
 
     # --- connecting -----------------------------------------------------------------------------
 
-    def _open(self) -> ClientConnection:
+    def _open(self) -> tuple[ClientConnection, Hello]:
         """Open a connection, present the session, read the hello.
 
         Raises:
-            HandshakeError: the endpoint has no recovery, or refused the upgrade.
+            HandshakeError: the endpoint has no recovery (101), or refused the upgrade.
             ProtocolError: the server's first message is not a hello.
             ConnectionClosed, OSError, TimeoutError: the connection failed.
         """
@@ -155,7 +156,7 @@ class ResumingConnection(_Client):
         try:
             if connection.subprotocol != SUBPROTOCOL:
                 raise HandshakeError(
-                    0, f"{self.url} has no recovery: it did not pick {SUBPROTOCOL}"
+                    101, f"{self.url} has no recovery: it did not pick {SUBPROTOCOL}"
                 )
             first = (
                 Start()
@@ -167,8 +168,7 @@ class ResumingConnection(_Client):
         except BaseException as exc:
             connection.close(1002 if isinstance(exc, ProtocolError) else 1000, timeout=1.0)
             raise
-        self._greet(hello)
-        return connection
+        return connection, hello
 
     def _greet(self, hello: Hello) -> None:
         """Take the hello's news: id, session, and the position to go on from."""
@@ -221,16 +221,18 @@ class ResumingConnection(_Client):
             if self._closing:
                 break
             try:
-                connection = self._open()
+                self._connection, hello = self._open()
             except HandshakeError as exc:
                 if exc.status not in _RETRY_STATUSES:
                     return False
+            except ProtocolError:
+                return False  # not a server of the resume wire any more
             except (OSError, TimeoutError, ConnectionClosed):
                 pass  # not up yet
             else:
                 backoff.reset()
-                self._connection = connection
                 self.reconnects += 1
+                self._greet(hello)
                 return True
         return False
 
