@@ -76,7 +76,7 @@ def main() -> None:
     if args.serve:
         serve(args.serve)
         return
-    broker = os.environ.get("GEO_WS_BROKER_URL") or "in-memory"
+    broker = "Redis" if os.environ.get("GEO_WS_BROKER_URL") else "in-memory"  # no password shown
     print(f"{args.n} idle connections; server RSS per connection ({broker} broker)")
     for resume in (False, True):
         name = "resumable (/resume, started)" if resume else "plain (/plain)"
