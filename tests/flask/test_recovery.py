@@ -210,6 +210,40 @@ def test_past_the_window_the_client_is_told(serve: Callable[[Flask], str]) -> No
         proxy.stop()
 
 
+def test_a_log_trimmed_past_the_client_keeps_its_id_and_rooms_but_tells_it(
+    serve: Callable[[Flask], str],
+) -> None:
+    recorder = Recorder()
+    address = serve(make_app(recorder, Recovery(size=5))[0])
+    proxy = CuttingProxy(address)
+    try:
+        with resuming(proxy.address) as client:
+            first_id = client.id
+            client.send("join blue")
+            assert client.recv(timeout=WAIT) == "joined blue"
+            proxy.paused = True
+            proxy.cut()
+            other = plain_connect(address, "/live")
+            other.send("stream 10")  # more than the log keeps
+            assert other.recv() == "0"
+            proxy.paused = False
+            with pytest.raises(MessagesLost) as info:
+                client.recv(timeout=WAIT)
+            assert (info.value.hello.resumed, info.value.hello.missed) == (True, None)
+            assert (client.id, client.resumed, client.recovered) == (first_id, True, False)
+            client.send("room blue still yours")
+            assert client.recv(timeout=WAIT) == "still yours"
+        resumed = [seen for seen in recorder.connects if seen["id"] == first_id][1]
+        assert resumed == {
+            "id": first_id,
+            "resumed": True,
+            "recovered": False,
+            "rooms": frozenset({"blue"}),
+        }
+    finally:
+        proxy.stop()
+
+
 def test_an_older_connection_of_the_session_is_closed(address: str, recorder: Recorder) -> None:
     client = resuming(address, reconnect_for=1.0)
     client.send("join blue")
