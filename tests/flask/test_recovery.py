@@ -172,8 +172,7 @@ def test_what_is_replayed_is_what_the_client_would_have_got(
     with resuming(proxy.address) as client:
         client.send("join red")
         assert client.recv(timeout=WAIT) == "joined red"
-        proxy.paused = True
-        proxy.cut()
+        proxy.cut(pause=True)
         # While it is away: a room it is not in, a send to another id, its room, its id.
         other.send("room green not-for-it")
         other.send("hi")
@@ -186,60 +185,40 @@ def test_what_is_replayed_is_what_the_client_would_have_got(
         assert client.recovered
 
 
-def test_past_the_window_the_client_is_told(serve: Callable[[Flask], str]) -> None:
-    recorder = Recorder()
-    proxy = CuttingProxy(serve(make_app(recorder, Recovery(age=0.3))[0]))
-    try:
-        with resuming(proxy.address) as client:
-            first_id = client.id
-            client.send("hi")
-            assert client.recv(timeout=WAIT) == "echo hi"
-            proxy.paused = True
-            proxy.cut()
-            gevent.sleep(0.6)  # the window (0.3 s) passes while it is away
-            proxy.paused = False
-            with pytest.raises(MessagesLost) as info:
-                client.recv(timeout=WAIT)
-            assert info.value.hello.resumed is False
-            assert (client.resumed, client.recovered) == (False, False)
-            assert client.id != first_id
-            client.send("again")
-            assert client.recv(timeout=WAIT) == "echo again"
-        assert recorder.connects[1]["resumed"] is False
-    finally:
-        proxy.stop()
-
-
-def test_a_log_trimmed_past_the_client_keeps_its_id_and_rooms_but_tells_it(
-    serve: Callable[[Flask], str],
+@pytest.mark.parametrize(
+    ("recovery", "resumed"),
+    [(Recovery(age=0.3), False), (Recovery(size=5), True)],
+    ids=["past-the-age", "past-the-size"],
+)
+def test_a_client_back_too_late_is_told(
+    serve: Callable[[Flask], str], recorder: Recorder, recovery: Recovery, resumed: bool
 ) -> None:
-    recorder = Recorder()
-    address = serve(make_app(recorder, Recovery(size=5))[0])
+    address = serve(make_app(recorder, recovery)[0])
     proxy = CuttingProxy(address)
     try:
         with resuming(proxy.address) as client:
             first_id = client.id
             client.send("join blue")
             assert client.recv(timeout=WAIT) == "joined blue"
-            proxy.paused = True
-            proxy.cut()
-            other = plain_connect(address, "/live")
-            other.send("stream 10")  # more than the log keeps
-            assert other.recv() == "0"
+            proxy.cut(pause=True)
+            if resumed:  # its session lives, but more was sent than the log keeps
+                other = plain_connect(address, "/live")
+                other.send("stream 10")
+                assert other.recv() == "0"
+            else:
+                gevent.sleep(0.6)  # the window (0.3 s) passes while it is away
             proxy.paused = False
             with pytest.raises(MessagesLost) as info:
                 client.recv(timeout=WAIT)
-            assert (info.value.hello.resumed, info.value.hello.missed) == (True, None)
-            assert (client.id, client.resumed, client.recovered) == (first_id, True, False)
-            client.send("room blue still yours")
-            assert client.recv(timeout=WAIT) == "still yours"
-        resumed = [seen for seen in recorder.connects if seen["id"] == first_id][1]
-        assert resumed == {
-            "id": first_id,
-            "resumed": True,
-            "recovered": False,
-            "rooms": frozenset({"blue"}),
-        }
+            hello = info.value.hello
+            assert (hello.resumed, hello.recovered, hello.missed) == (resumed, False, None)
+            assert (client.resumed, client.recovered) == (resumed, False)
+            assert (client.id == first_id) is resumed
+            client.send("again")
+            assert client.recv(timeout=WAIT) == "echo again"
+        again = [seen for seen in recorder.connects if seen["id"] == client.id][-1]
+        rooms = frozenset({"blue"}) if resumed else frozenset()
+        assert again == {"id": client.id, "resumed": resumed, "recovered": False, "rooms": rooms}
     finally:
         proxy.stop()
 

@@ -339,8 +339,7 @@ def test_a_send_while_reconnecting_waits_for_the_connection(address: str) -> Non
     proxy = CuttingProxy(address)
     try:
         with ResumingConnection(f"ws://{proxy.address}/resumable", timeout=WAIT) as conn:
-            proxy.paused = True
-            proxy.cut()
+            proxy.cut(pause=True)
             wait_dropped(conn)
             sender = gevent.spawn(conn.send, "meanwhile")
             gevent.sleep(0.3)
@@ -358,8 +357,7 @@ def test_a_resuming_client_closed_while_reconnecting_stops_at_once(address: str)
     try:
         conn = ResumingConnection(f"ws://{proxy.address}/resumable", timeout=WAIT)
         assert conn.ping(timeout=WAIT) >= 0
-        proxy.paused = True
-        proxy.cut()
+        proxy.cut(pause=True)
         wait_dropped(conn)
         with pytest.raises(ConnectionClosedError):
             conn.ping()
@@ -378,8 +376,7 @@ def test_a_resuming_client_gives_up_after_reconnect_for(address: str) -> None:
         conn = ResumingConnection(
             f"ws://{proxy.address}/resumable", timeout=WAIT, reconnect_for=0.3, send_timeout=0.2
         )
-        proxy.paused = True
-        proxy.cut()
+        proxy.cut(pause=True)
         with pytest.raises(ConnectionClosedError) as info:
             conn.recv(timeout=WAIT)
         assert info.value.code == 1006

@@ -50,12 +50,16 @@ class CuttingProxy:
         if pair in self._pairs:
             self._pairs.remove(pair)
 
-    def cut(self) -> int:
+    def cut(self, *, pause: bool = False) -> int:
         """Reset every connection through the proxy, both sides.
+
+        Args:
+            pause: and reset new ones too, until :attr:`paused` is unset.
 
         Returns:
             How many connections it cut.
         """
+        self.paused = self.paused or pause
         pairs, self._pairs = self._pairs, []
         for client, upstream in pairs:
             _reset(client)
