@@ -82,6 +82,15 @@ def make_app(recorder: Recorder, recovery: Any = True) -> tuple[Flask, WebSocket
 
     live.on("message")(on_message)
     plain.on("message")(on_message)
+
+    loop = WebSocket(app, "/loop", recovery=recovery)
+
+    @loop.on("connect")
+    def blocking_loop(ws: Any) -> None:
+        ws.sync_send_to(ws.id, "in the loop")  # held until the loop first receives
+        while True:
+            ws.sync_send_to(ws.id, ws.receive().upper())
+
     return app, live
 
 
@@ -124,6 +133,13 @@ def test_a_resuming_client_gets_messages_without_their_offsets(address: str) -> 
         assert client.recv(timeout=WAIT) == "echo hi"
         client.send(b"bytes")
         assert client.recv(timeout=WAIT) == b"bytes"
+
+
+def test_a_connect_handler_that_loops_goes_live_when_it_first_receives(address: str) -> None:
+    with connect(f"ws://{address}/loop", resume=True, timeout=WAIT) as client:
+        client.send("a")
+        assert client.recv(timeout=WAIT) == "in the loop"
+        assert client.recv(timeout=WAIT) == "A"
 
 
 def test_a_plain_client_on_a_recovery_endpoint_sees_the_frames_of_a_plain_endpoint(
