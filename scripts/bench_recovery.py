@@ -9,6 +9,8 @@
   figure is the receiver's deliveries per second, from its first message to its last.
 - **In one process**: the :class:`~geo_ws.delivery.broker.MemoryBroker` delivers
   ``--messages`` broadcasts to ``--clients`` connections, its in-memory log off and on.
+- **Memory per idle resumable connection** (``--idle`` connections, 0 to skip), next to a
+  plain one: :mod:`bench_resume_memory`'s figures.
 
 Each figure is the best of ``--rounds``, off and on alternating; the ratios (on / off)
 are the goals of issue 17: >= 0.80 across processes, >= 0.90 in one process. It starts
@@ -31,6 +33,7 @@ import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
+from bench_resume_memory import measure as idle_memory  # noqa: E402
 
 from geo_ws.delivery.broker import Broker, MemoryBroker, RedisBroker  # noqa: E402
 from geo_ws.delivery.history import Recovery  # noqa: E402
@@ -170,6 +173,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis", help="a Redis URL (default: a redis-server of its own)")
+    parser.add_argument("--idle", type=int, default=2000, help="idle connections (2000)")
     parser.add_argument("--receive", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receive:
@@ -192,6 +196,12 @@ def main() -> None:
             print(
                 f"{name}: recovery off {off:,.0f} deliveries/s, on {on:,.0f}: "
                 f"{on / off:.2f}x (goal >= {goal:.2f}x) {verdict}"
+            )
+        if args.idle:
+            plain, resumable = (idle_memory(args.idle, resume) for resume in (False, True))
+            print(
+                f"memory per idle connection (in-memory broker, {args.idle}): plain "
+                f"{plain:.1f} KiB, resumable {resumable:.1f} KiB"
             )
     finally:
         if server is not None:
