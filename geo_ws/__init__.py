@@ -33,6 +33,7 @@ _EXPORTS = {
     "CloseCode": "protocol.frames",
     "DeflateOptions": "protocol.deflate",
     "GeoWS": "flask.extension",
+    "browser_client": "flask.browser",
     "ConnectionClosed": "exceptions",
     "ConnectionClosedError": "exceptions",
     "ConnectionClosedOK": "exceptions",
@@ -72,6 +73,7 @@ __all__ = [
     "WebSocketConnector",
     "WebSocketError",
     "__version__",
+    "browser_client",
     "run",
     "run_blocking",
 ]
@@ -91,6 +93,7 @@ if TYPE_CHECKING:
         ProtocolError,
         WebSocketError,
     )
+    from .flask.browser import browser_client
     from .flask.connector import WebSocketConnector
     from .flask.endpoint import WebSocket
     from .flask.extension import GeoWS

@@ -10,8 +10,7 @@ refresh the README's picture::
 
     GEO_WS_CHAT_SCREENSHOT=docs/chat.png python -m pytest tests/test_chat_browser.py
 
-Needs Debian's ``chromium`` (``scripts/test.sh`` installs it) and the ``playwright``
-package; ``playwright install`` is never used.
+Needs Chromium and playwright: see tests/live_apps/chromium.py.
 """
 
 from __future__ import annotations
@@ -23,22 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.live_apps.process import ROOT, TIMEOUT_FACTOR, ServerProcess
+from tests.live_apps.chromium import TIMEOUT_MS, chromium
+from tests.live_apps.process import ROOT, ServerProcess
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-#: The longest any single browser wait may take, in milliseconds.
-TIMEOUT_MS = 10_000 * TIMEOUT_FACTOR
 #: Where to copy the screenshot (relative to the repository), if anywhere.
 SCREENSHOT_ENV = "GEO_WS_CHAT_SCREENSHOT"
 
@@ -95,14 +83,8 @@ def server() -> Iterator[ChatServer]:
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 def open_chat(browser: Browser, url: str, name: str) -> Page:

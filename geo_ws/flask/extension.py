@@ -2,7 +2,7 @@
 
 Endpoints work without it; it gives an app factory one place to set geo_ws up: the
 ``GEO_WS_*`` config keys with their defaults filled in (so ``app.config`` shows what is
-in force), and a ``flask geo-ws run`` command.
+in force), the browser client (``/geo_ws/geo_ws.js``) and a ``flask geo-ws run`` command.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from flask.cli import AppGroup
 
 from .._compat.flask import current_object
 from ..io.options import Options
+from .browser import BLUEPRINT_NAME, browser_client
 
 __all__ = ["GeoWS", "cli"]
 
@@ -62,11 +63,17 @@ class GeoWS:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Fill in the ``GEO_WS_*`` config defaults and add ``flask geo-ws run``."""
+        """Fill in the ``GEO_WS_*`` config defaults, serve geo_ws.js, add ``flask geo-ws run``.
+
+        The browser client is :data:`geo_ws.browser_client` (``/geo_ws/geo_ws.js``),
+        registered unless the app has it already.
+        """
         for name, default in zip(Options.names(), Options.defaults(), strict=True):
             app.config.setdefault("GEO_WS_" + name.upper(), default)
         app.extensions.setdefault("geo_ws_extension", self)
         app.cli.add_command(cli)
+        if BLUEPRINT_NAME not in app.blueprints:
+            app.register_blueprint(browser_client)
 
     def run(self, app: Flask, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
         """Serve ``app`` with :func:`geo_ws.run` (the process must be monkey-patched)."""
