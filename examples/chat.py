@@ -4,7 +4,12 @@
     geo-ws run examples.chat:app
 
 Every message is broadcast to every chat client as ``{"from": NAME, "text": MSG}``;
-joins and leaves as ``{"event": "join" | "leave", "name": NAME}``.
+joins and leaves as ``{"event": "join" | "leave" | "back", "name": NAME}`` ("back": a
+page that dropped, its leave sent, came back and resumed).
+
+The page talks through geo_ws.js, the browser client geo_ws serves (``browser_client``):
+after a drop (a network blip, a server restart) it reconnects and resumes, and shows every
+message once, in order; what is typed while offline is sent once it is back.
 """
 
 from gevent import monkey
@@ -14,12 +19,13 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import json  # noqa: E402
 
-from flask import Blueprint, Flask  # noqa: E402
+from flask import Blueprint, Flask, url_for  # noqa: E402
 
-from geo_ws import WebSocket, run  # noqa: E402
+from geo_ws import WebSocket, browser_client, run  # noqa: E402
 
 chat = Blueprint("chat", __name__, url_prefix="/chat")
-room = WebSocket(chat, "/ws")
+# recovery: a page that drops and comes back within 5 minutes misses nothing.
+room = WebSocket(chat, "/ws", recovery=True)
 
 
 def name_of(ws):
@@ -28,7 +34,9 @@ def name_of(ws):
 
 @room.on("connect")
 def join(ws):
-    ws.sync_broadcast(json.dumps({"event": "join", "name": name_of(ws)}))
+    # A page that resumed after a drop is back (its close handler said it left).
+    event = "back" if ws.resumed else "join"
+    ws.sync_broadcast(json.dumps({"event": event, "name": name_of(ws)}))
 
 
 @room.on("message")
@@ -54,9 +62,14 @@ PAGE = """<!doctype html>
    <button id="leave">Leave</button> <span id="status">offline</span></p>
 <div id="log"></div>
 <form id="form"><input id="text" size="50" autocomplete="off"> <button>Send</button></form>
-<script>
-let socket = null;
+<script type="module">
+// geo_ws.js reconnects, resumes (every message once, in order) and queues sends while offline.
+import { GeoSocket } from "SCRIPT_URL";
+
+window.socket = null;
 const log = document.getElementById("log");
+const status = (text) => { document.getElementById("status").textContent = text; };
+const EVENTS = { join: "joined", leave: "left", back: "is back" };
 function show(text, cls) {
   const line = document.createElement("div");
   line.textContent = text;
@@ -66,31 +79,28 @@ function show(text, cls) {
 }
 function connect() {
   const name = document.getElementById("name").value;
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/chat/ws?name=${encodeURIComponent(name)}`);
-  socket = ws;
-  ws.onopen = () => { document.getElementById("status").textContent = "online"; };
-  ws.onclose = (e) => {
-    document.getElementById("status").textContent = `offline (${e.code})`;
-    // Lost, or the server restarted: reconnect, unless Leave was clicked.
-    setTimeout(() => { if (socket === ws) connect(); }, 1000);
-  };
-  ws.onmessage = (e) => {
+  const socket = new GeoSocket(`/chat/ws?name=${encodeURIComponent(name)}`);
+  window.socket = socket;
+  socket.addEventListener("open", () => status("online"));
+  socket.addEventListener("close", (e) => status(`offline (${e.detail.code})`));
+  const lost = () => show("(what was sent while this page was away is lost)", "event");
+  socket.addEventListener("recovery-failed", lost);
+  socket.addEventListener("message", (e) => {
     const m = JSON.parse(e.data);
-    if (m.event) show(`${m.name} ${m.event === "join" ? "joined" : "left"}`, "event");
+    if (m.event) show(`${m.name} ${EVENTS[m.event]}`, "event");
     else show(`${m.from}: ${m.text}`);
-  };
+  });
 }
-document.getElementById("join").onclick = () => { if (!socket) connect(); };
+document.getElementById("join").onclick = () => { if (!window.socket) connect(); };
 document.getElementById("leave").onclick = () => {
-  const ws = socket;
-  socket = null;
-  if (ws) ws.close(1000);
+  const socket = window.socket;
+  window.socket = null;
+  if (socket) socket.close(1000);  // for good: no reconnect
 };
 document.getElementById("form").onsubmit = (e) => {
   e.preventDefault();
   const text = document.getElementById("text");
-  if (socket && socket.readyState === WebSocket.OPEN && text.value) socket.send(text.value);
+  if (window.socket && text.value) window.socket.send(text.value);  // queued while offline
   text.value = "";
 };
 </script>
@@ -99,11 +109,12 @@ document.getElementById("form").onsubmit = (e) => {
 
 app = Flask(__name__)
 app.register_blueprint(chat)
+app.register_blueprint(browser_client)  # serves geo_ws.js
 
 
 @app.get("/")
 def page():
-    return PAGE
+    return PAGE.replace("SCRIPT_URL", url_for("geo_ws_client.script"))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """examples/chat.py's page in a real browser: headless Chromium driven by playwright.
 
 Two pages join the chat served by ``python -m geo_ws run examples.chat:app``, talk,
-see each other's joins and leaves, and reconnect by themselves after the server
-restarts on the same port. A Leave is a clean close: the page sees 1000 (through
-gevent-websocket it saw 1005, a Close without a status code).
+see each other's joins and leaves, and come back by themselves (geo_ws.js resumes)
+after the server restarts on the same port. Without Redis the restart loses the history
+(the pages say so and join again); with a Redis the test starts, and under gunicorn with a
+worker SIGKILLed, the pages resume and show every message once, including what they
+typed while offline. A Leave is a clean close: the page sees 1000.
 
 The test saves a screenshot of a short conversation to its temporary directory; to
 refresh the README's picture::
@@ -15,31 +17,41 @@ Needs Chromium and playwright: see tests/live_apps/chromium.py.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import socket
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import websocket
 from playwright.sync_api import Browser, Page, expect
 
+from tests.helpers import WAIT
 from tests.live_apps.chromium import TIMEOUT_MS, chromium
 from tests.live_apps.process import ROOT, ServerProcess
+from tests.live_apps.redis_server import RedisServer, free_port
+from tests.server.test_gunicorn import BOOTING, gunicorn
 
 #: Where to copy the screenshot (relative to the repository), if anywhere.
 SCREENSHOT_ENV = "GEO_WS_CHAT_SCREENSHOT"
 
+#: What a page shows when its resume could not replay what it missed.
+LOST = "(what was sent while this page was away is lost)"
+#: The chat lines of the page's log ("NAME: TEXT"), in order; joins and leaves are not.
+CHAT_LINES = """() => [...document.querySelectorAll("#log div")]
+    .filter((d) => !d.className).map((d) => d.textContent)"""
+#: Records the close codes of the page's socket in ``window.codes`` (the status shows
+#: only the last: after a restart's 1001 come the 1006 of attempts while it is down).
+RECORD_CLOSES = """() => {
+    window.codes = [];
+    socket.addEventListener("close", (e) => { window.codes.push(e.detail.code); });
+}"""
+
 #: How many lines of the page's log read exactly ``text``.
 COUNT_LINES = """(text) =>
     [...document.querySelectorAll("#log div")].filter((d) => d.textContent === text).length"""
-
-
-def free_port() -> int:
-    """A port that was free a moment ago: the restarted server must come back on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ChatServer:
@@ -54,6 +66,7 @@ class ChatServer:
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self) -> None:
+        """Start it (the environment's ``GEO_WS_BROKER_URL`` picks its broker)."""
         self.process = ServerProcess(
             "-m", "geo_ws", "run", "examples.chat:app", "--port", str(self.port)
         )
@@ -79,6 +92,16 @@ def server() -> Iterator[ChatServer]:
     chat.start()
     yield chat
     chat.kill()
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own (no namespace shared with other tests)."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest.fixture
@@ -112,19 +135,54 @@ def say(page: Page, text: str) -> None:
     page.press("#text", "Enter")
 
 
-def test_two_pages_chat_leave_and_reconnect(
-    server: ChatServer, browser: Browser, tmp_path: Path
-) -> None:
-    alice = open_chat(browser, server.url, "alice")
-    bob = open_chat(browser, server.url, "bob")
+def someone_was_here(address: str) -> None:
+    """A plain client joins and leaves, so the chat's log has entries (and an epoch).
 
-    # Joining: a page is in the room once it sees its own join.
+    The first hello of an empty Redis log says epoch ``""``, and a resume from epoch
+    ``""`` past offset 0 is refused after a restart (reported to the resume branch):
+    a chat that has run a while, as here, does not meet it.
+    """
+    early = websocket.create_connection(f"ws://{address}/chat/ws?name=early", timeout=WAIT)
+    try:
+        assert json.loads(early.recv()) == {"event": "join", "name": "early"}
+    finally:
+        early.close()
+
+
+def join_both(browser: Browser, url: str) -> tuple[Page, Page]:
+    """Alice and bob join, in that order; each has seen both joins.
+
+    (A page is in the room once it sees its own join.)
+    """
+    alice, bob = open_chat(browser, url, "alice"), open_chat(browser, url, "bob")
     alice.click("#join")
     expect(alice.locator("#status")).to_have_text("online")
     wait_line(alice, "alice joined")
     bob.click("#join")
     wait_line(bob, "bob joined")
     wait_line(alice, "bob joined")
+    for page in (alice, bob):
+        page.evaluate(RECORD_CLOSES)
+    return alice, bob
+
+
+def assert_every_line_once(pages: tuple[Page, ...], said: list[str]) -> None:
+    """Each page shows each of ``said`` exactly once, each sender's in order, no loss noted."""
+    for page in pages:
+        for line in said:
+            wait_line(page, line)
+        shown = page.evaluate(CHAT_LINES)
+        assert sorted(shown) == sorted(said)  # once each, nothing else
+        for sender in ("alice", "bob"):
+            mine = [line for line in said if line.startswith(sender + ":")]
+            assert [line for line in shown if line.startswith(sender + ":")] == mine
+        assert count_lines(page, LOST) == 0
+
+
+def test_two_pages_chat_leave_and_reconnect(
+    server: ChatServer, browser: Browser, tmp_path: Path
+) -> None:
+    alice, bob = join_both(browser, server.url)
 
     say(alice, "hi bob, this page talks to a gevent server")
     say(bob, "hello alice: sync handlers, Robyn's API")
@@ -139,14 +197,18 @@ def test_two_pages_chat_leave_and_reconnect(
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(screenshot, ROOT / os.environ[SCREENSHOT_ENV])
 
-    # A restart: SIGTERM closes both pages with 1001; they come back by themselves.
-    # (Each page is back in the room once it sees its own join again.)
+    # A restart: SIGTERM closes both pages with 1001; they come back by themselves
+    # and try to resume: with the in-memory broker, the history went with the process,
+    # so each page joins again as a new client (once it sees its own join again).
     server.stop()
     for page in (alice, bob):
-        expect(page.locator("#status")).to_have_text("offline (1001)")
+        page.wait_for_function("() => window.codes[0] === 1001")
     server.start()
     wait_line(alice, "alice joined", 2)
     wait_line(bob, "bob joined", 2)
+    # Without Redis the new process has no history: each page says so, once.
+    for page in (alice, bob):
+        assert count_lines(page, LOST) == 1
     for page in (alice, bob):
         expect(page.locator("#status")).to_have_text("online")
     say(bob, "back")
@@ -170,3 +232,65 @@ def test_two_pages_chat_leave_and_reconnect(
     left = count_lines(alice, "bob left")
     bob.close()
     wait_line(alice, "bob left", left + 1)
+
+
+def test_restart_with_redis_resumes_every_message_once(
+    redis: RedisServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEO_WS_BROKER_URL", redis.url)
+    server = ChatServer(free_port())
+    server.start()
+    try:
+        someone_was_here(f"127.0.0.1:{server.port}")
+        alice, bob = join_both(browser, server.url)
+        said = ["alice: one", "bob: two"]
+        say(alice, "one")
+        say(bob, "two")
+        for page in (alice, bob):
+            wait_line(page, "bob: two")
+
+        # SIGTERM: both pages offline; what they type meanwhile waits in their queues.
+        server.stop()
+        for page in (alice, bob):
+            page.wait_for_function("() => window.codes[0] === 1001")
+        for page, text in ((alice, "offline 1"), (bob, "offline 2"), (alice, "offline 3")):
+            say(page, text)
+        said += ["alice: offline 1", "bob: offline 2", "alice: offline 3"]
+
+        # The same port again: the pages resume (same id: "is back"), the history in
+        # Redis replays what each missed, the queues are flushed.
+        server.start()
+        for page in (alice, bob):
+            expect(page.locator("#status")).to_have_text("online")
+            assert page.evaluate("[socket.resumed, socket.recovered]") == [True, True]
+        wait_line(alice, "bob is back")
+        wait_line(bob, "alice is back")
+        say(bob, "after")
+        said.append("bob: after")
+        assert_every_line_once((alice, bob), said)
+    finally:
+        server.kill()
+
+
+def test_gunicorn_worker_killed_pages_resume_every_message_once(
+    redis: RedisServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEO_WS_BROKER_URL", redis.url)
+    with gunicorn("examples.chat:app", workers=2) as (server, address):
+        workers = [int(pid) for pid in BOOTING.findall("\n".join(server.stderr.lines))]
+        assert len(workers) == 2
+        someone_was_here(address)
+        alice, bob = join_both(browser, f"http://{address}/")
+        said: list[str] = []
+        # Each page is on one of the two workers: killing both, one after the other,
+        # drops each page at least once. Each time both pages talk at once (a dropped
+        # page queues), and each sees everything once before the next kill.
+        for round_, pid in enumerate(workers):
+            os.kill(pid, signal.SIGKILL)
+            for name, page in (("alice", alice), ("bob", bob)):
+                say(page, f"round {round_}")
+                said.append(f"{name}: round {round_}")
+            assert_every_line_once((alice, bob), said)
+        for page in (alice, bob):
+            assert page.evaluate("window.codes.length") >= 1
+            expect(page.locator("#status")).to_have_text("online")

@@ -218,11 +218,14 @@ def test_tour_script_serves_on_its_port() -> None:
 
 
 def test_chat_page(serve: Serve) -> None:
-    status, content_type, body = get(serve(chat), "/")
+    address = serve(chat)
+    status, content_type, body = get(address, "/")
     assert status == 200
     assert content_type == "text/html"
-    assert b"new WebSocket" in body
-    assert b"/chat/ws?name=" in body
+    assert b'import { GeoSocket } from "/geo_ws/geo_ws.js";' in body
+    assert b"new GeoSocket(`/chat/ws?name=" in body
+    status, content_type, _ = get(address, "/geo_ws/geo_ws.js")
+    assert (status, content_type) == (200, "text/javascript")
 
 
 def test_chat_room(serve: Serve) -> None:
