@@ -31,8 +31,10 @@ from playwright.sync_api import Browser, Page, expect
 from tests.helpers import WAIT
 from tests.live_apps.chromium import TIMEOUT_MS, chromium
 from tests.live_apps.process import ROOT, ServerProcess
-from tests.live_apps.redis_server import RedisServer, free_port
+from tests.live_apps.redis_server import RedisServer, free_port, redis_server
 from tests.server.test_gunicorn import BOOTING, gunicorn
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest (the chat's namespace: geo_ws)
 
 #: Where to copy the screenshot (relative to the repository), if anywhere.
 SCREENSHOT_ENV = "GEO_WS_CHAT_SCREENSHOT"
@@ -92,16 +94,6 @@ def server() -> Iterator[ChatServer]:
     chat.start()
     yield chat
     chat.kill()
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    """A redis-server of this test's own (no namespace shared with other tests)."""
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
@@ -235,9 +227,9 @@ def test_two_pages_chat_leave_and_reconnect(
 
 
 def test_restart_with_redis_resumes_every_message_once(
-    redis: RedisServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GEO_WS_BROKER_URL", redis.url)
+    monkeypatch.setenv("GEO_WS_BROKER_URL", redis_server.url)
     server = ChatServer(free_port())
     server.start()
     try:
@@ -273,9 +265,9 @@ def test_restart_with_redis_resumes_every_message_once(
 
 
 def test_gunicorn_worker_killed_pages_resume_every_message_once(
-    redis: RedisServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GEO_WS_BROKER_URL", redis.url)
+    monkeypatch.setenv("GEO_WS_BROKER_URL", redis_server.url)
     with gunicorn("examples.chat:app", workers=2) as (server, address):
         workers = [int(pid) for pid in BOOTING.findall("\n".join(server.stderr.lines))]
         assert len(workers) == 2
