@@ -18,7 +18,9 @@ loopback port, in-process, and connects real WebSocket clients to it::
         alice.close()
         assert alice.close_code == 1000
 
-Clients are :class:`geo_ws.client.ClientConnection` objects: ``send(str | bytes)``,
+Clients are :class:`geo_ws.client.ClientConnection` objects (``connect(...,
+resume=True)``: a ``ResumingConnection``, which comes back by itself after a drop on an
+endpoint with ``recovery=``): ``send(str | bytes)``,
 ``recv(timeout=...)`` (text as ``str``, binary as ``bytes``; raises
 :class:`~geo_ws.exceptions.ConnectionClosed` once closed), ``close(code, reason)``,
 ``close_code``, ``close_reason``. Everything the fixture opened is closed after the test.
@@ -33,13 +35,14 @@ suites nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 from urllib.parse import urlencode
 
 import pytest
 
 if TYPE_CHECKING:
     from .io.client import ClientConnection
+    from .io.resuming import ResumingConnection
     from .server.builtin import Server
 
 __all__ = ["LiveServer", "geo_ws_server"]
@@ -61,11 +64,36 @@ class LiveServer:
         self._server.start()
         self.port = cast(int, self._server.server_port)
         """The port the server listens on."""
-        self._clients: list[ClientConnection] = []
+        self._clients: list[ClientConnection | ResumingConnection] = []
 
     def url(self, path: str = "/", scheme: str = "ws") -> str:
         """``ws://127.0.0.1:PORT/path`` (or ``http://`` with ``scheme="http"``)."""
         return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    # The overloads say which class connect() returns, as geo_ws.client.connect's do.
+    @overload
+    def connect(
+        self,
+        path: str,
+        *,
+        query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        timeout: float = 5.0,
+        resume: Literal[False] = False,
+    ) -> ClientConnection: ...
+
+    @overload
+    def connect(
+        self,
+        path: str,
+        *,
+        query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        timeout: float = 5.0,
+        resume: Literal[True],
+    ) -> ResumingConnection: ...
 
     def connect(
         self,
@@ -75,8 +103,22 @@ class LiveServer:
         headers: Mapping[str, str] | None = None,
         subprotocols: Sequence[str] | None = None,
         timeout: float = 5.0,
-    ) -> ClientConnection:
+        resume: bool = False,
+    ) -> ClientConnection | ResumingConnection:
         """Open a WebSocket to ``path`` (with ``query`` appended); closed after the test.
+
+        Args:
+            path: the endpoint's path.
+            query: the query string's parameters.
+            headers: extra handshake headers.
+            subprotocols: subprotocols to offer (not with ``resume``).
+            timeout: seconds the handshake (and, with ``resume``, the hello) may take.
+            resume: for an endpoint with ``recovery=``: the client comes back by itself
+                after a drop and ``recv()`` goes on returning every message once, in order
+                (``geo_ws.client.connect(url, resume=True)``).
+
+        Returns:
+            The open client: a ``geo_ws.client.ResumingConnection`` with ``resume=True``.
 
         Raises:
             HandshakeError: the app refused the handshake (its HTTP status).
@@ -84,7 +126,11 @@ class LiveServer:
         from .io.client import connect
 
         url = self.url(path) + ("?" + urlencode(query) if query else "")
-        client = connect(url, headers=headers, subprotocols=subprotocols, timeout=timeout)
+        client: ClientConnection | ResumingConnection
+        if resume:
+            client = connect(url, headers=headers, timeout=timeout, resume=True)
+        else:
+            client = connect(url, headers=headers, subprotocols=subprotocols, timeout=timeout)
         self._clients.append(client)
         return client
 

@@ -20,6 +20,15 @@ def app() -> Flask:
     def message(ws, msg):
         ws.sync_broadcast(f"{ws.query_params.get('name')}: {msg}")
 
+    feed = WebSocket(app, "/feed", recovery=True)
+
+    @feed.on("message")
+    def relay(ws, msg):
+        if msg == "drop":  # as a restarting server would: the client should come back
+            ws.close(1012, "restart")
+        else:
+            ws.sync_broadcast(msg)
+
     @app.get("/health")
     def health() -> str:
         return "ok"
@@ -38,6 +47,24 @@ def test_the_fixture_serves_the_app_fixture(geo_ws_server: LiveServer) -> None:
     alice.close()
     assert alice.close_code == 1000
     assert geo_ws_server.url("/health", "http").startswith("http://127.0.0.1:")
+
+
+def test_a_resuming_client_comes_back_with_every_message_once(
+    geo_ws_server: LiveServer,
+) -> None:
+    reader = geo_ws_server.connect("/feed", resume=True)
+    writer = geo_ws_server.connect("/feed", resume=True)
+    first_id = reader.id
+    reader.send("drop")  # the server closes it with 1012: it reconnects and resumes
+    for number in range(20):
+        writer.send(f"message {number}")  # before, during and after the reconnection
+    expected = [f"message {number}" for number in range(20)]
+    assert [reader.recv(timeout=5) for _ in expected] == expected
+    assert [writer.recv(timeout=5) for _ in expected] == expected
+    assert (reader.reconnects, reader.resumed, reader.recovered) == (1, True, True)
+    assert reader.id == first_id
+    with pytest.raises(TimeoutError):
+        reader.recv(timeout=0.2)  # and nothing twice
 
 
 def test_a_refused_handshake_raises(geo_ws_server: LiveServer) -> None:
