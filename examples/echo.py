@@ -6,6 +6,7 @@
 - ``/echo``: sends every message back as it came (text or binary): the ``echo``,
   ``connect`` and ``idle`` scenarios;
 - ``/room``: sends every message to every client of the room: the ``broadcast`` scenario;
+- ``/feed``: the same with ``recovery=True``: ``broadcast --resume``;
 - ``/chat``: a little request/response protocol for docs/load.md's ``login.py`` script:
   ``hello`` is answered ``welcome``, ``login NAME`` is answered ``hi NAME``, anything
   else gets no answer.
@@ -39,6 +40,11 @@ room = WebSocket(app, "/room")
 @room.on("message")
 def room_message(ws, msg):
     ws.sync_broadcast(msg)
+
+
+# -- /feed: /room with recovery: clients that drop and come back miss nothing ----------
+feed = WebSocket(app, "/feed", recovery=True)
+feed.on("message")(room_message)
 
 
 # -- /chat: hello -> welcome, login NAME -> hi NAME, the rest unanswered -----------------

@@ -98,6 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="offer this subprotocol (repeatable)",
     )
     add(
+        "--resume",
+        action="store_true",
+        help="resume after a drop (an endpoint with recovery): every message once, in order",
+    )
+    add(
         "--max-p99",
         type=_p99,
         action="append",
@@ -129,6 +134,10 @@ def _check_usage(options: LoadOptions) -> str | None:
         return "-d, --interval and --timeout must be positive"
     if options.size < (8 if options.scenario == "broadcast" else 0):
         return "--size must be at least 8 for broadcast (the sequence number)"
+    if options.resume and options.scenario in ("connect", "idle"):
+        return f"--resume does not go with {options.scenario}: a drop is what it measures"
+    if options.resume and options.subprotocols:
+        return "--resume does not go with --subprotocol: the resume wire is the subprotocol"
     if options.plot_path and importlib.util.find_spec("matplotlib") is None:
         return "--plot needs matplotlib: pip install 'geo_ws[load]'"
     return None

@@ -36,6 +36,9 @@ class LoadOptions:
         ping_interval: ``idle``: seconds between two pings of one connection.
         headers: extra handshake headers, as ``(name, value)`` pairs.
         subprotocols: subprotocols to offer.
+        resume: connect with ``geo_ws.client.connect(..., resume=True)``: on an endpoint
+            with recovery, a user whose connection drops comes back by itself and goes on
+            receiving every message once, in order (no error counted, no reconnect).
         max_p99: SLOs: the largest p99 allowed in milliseconds, by step name; the key
             None stands for the scenario's main step.
         max_errors: SLO: the largest number of errors allowed.
@@ -60,6 +63,7 @@ class LoadOptions:
     ping_interval: float = 5.0
     headers: list[tuple[str, str]] = field(default_factory=list)
     subprotocols: list[str] = field(default_factory=list)
+    resume: bool = False
     max_p99: dict[str | None, float] = field(default_factory=dict)
     max_errors: int | None = None
     processes: int = 1

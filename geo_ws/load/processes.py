@@ -48,6 +48,8 @@ def worker_arguments(options: LoadOptions, workers: int, index: int) -> list[str
     args += ["--window", str(options.window), "--ping-interval", str(options.ping_interval)]
     if options.binary:
         args.append("--binary")
+    if options.resume:
+        args.append("--resume")
     for name, value in options.headers:
         args += ["-H", f"{name}: {value}"]
     for subprotocol in options.subprotocols:

@@ -21,7 +21,7 @@ import signal
 import time
 from array import array
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import gevent
 from gevent.event import Event
@@ -30,11 +30,13 @@ from gevent.pool import Group
 
 from ..exceptions import ConnectionClosed, HandshakeError, WebSocketError
 from ..io.client import ClientConnection, connect
+from ..io.resuming import ResumingConnection
 from .options import LoadOptions
 from .part import Part
 
 __all__ = [
     "FAILURES",
+    "Client",
     "GRACE",
     "HANDSHAKES_IN_FLIGHT",
     "Mismatch",
@@ -51,6 +53,9 @@ HANDSHAKES_IN_FLIGHT = 100
 GRACE = 1.0
 
 clock = time.perf_counter
+
+Client: TypeAlias = ClientConnection | ResumingConnection
+"""A user's connection: a :class:`ResumingConnection` with ``--resume``."""
 
 Scenario: TypeAlias = Callable[["Runner"], None]
 """A scenario: a function that starts its users on a runner (see :class:`Runner`)."""
@@ -112,7 +117,7 @@ class Runner:
         """False once the run is over: users finish their iteration and return."""
         self.main_step = "echo"
         """The step the progress line, ``--max-p99 MS`` and the distribution plot use."""
-        self.open: set[ClientConnection] = set()
+        self.open: set[Client] = set()
         """The connections open now."""
         self.group = Group()
         """Every greenlet of the run."""
@@ -169,25 +174,28 @@ class Runner:
         """Allow ``count`` opening handshakes at once (100 by default)."""
         self._handshakes = Semaphore(count)
 
-    def connect(self) -> ClientConnection | None:
+    def connect(self) -> Client | None:
         """Open a connection to the URL, timed as step ``connect``.
 
         Returns:
             The connection, or None after a failure (counted) or once the run is over.
         """
         options = self.options
+        settings: dict[str, Any] = {
+            "headers": options.headers,
+            "timeout": options.timeout,
+            "max_message_size": max(2**20, options.size * 2),
+        }
+        conn: Client
         with self._handshakes:
             if not self.active:
                 return None
             start = clock()
             try:
-                conn = connect(
-                    options.url,
-                    headers=options.headers,
-                    subprotocols=options.subprotocols,
-                    timeout=options.timeout,
-                    max_message_size=max(2**20, options.size * 2),
-                )
+                if options.resume:
+                    conn = connect(options.url, resume=True, **settings)
+                else:
+                    conn = connect(options.url, subprotocols=options.subprotocols, **settings)
             except FAILURES as exc:
                 self.fail(exc)
                 return None
@@ -196,11 +204,17 @@ class Runner:
         self.part.opened += 1
         return conn
 
-    def release(self, conn: ClientConnection) -> None:
-        """Close a connection (closing handshake, bounded by ``timeout``) and forget it."""
+    def release(self, conn: Client) -> None:
+        """Close a connection (closing handshake, bounded by ``timeout``) and forget it.
+
+        A resuming one's comebacks are counted as ``reconnects`` (once: the run's end
+        releases what its users have not released yet).
+        """
         try:
             conn.close(timeout=self.options.timeout)
         finally:
+            if conn in self.open and isinstance(conn, ResumingConnection):
+                self.part.counters["reconnects"] += conn.reconnects
             self.open.discard(conn)
 
     def spawn_users(self, count: int, user: Callable[[int], None]) -> None:

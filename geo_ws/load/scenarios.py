@@ -18,7 +18,8 @@
   or a function returning them, between iterations).
 
 The hot loops of ``echo`` and of the ``broadcast`` receivers run as callbacks in gevent's
-hub (no greenlet switch per message, the biggest cost of a round trip in Python).
+hub (no greenlet switch per message, the biggest cost of a round trip in Python). With
+``--resume`` a greenlet per user reads its :class:`ResumingConnection` and calls them.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from gevent.event import Event
 from ..exceptions import ConnectionClosed
 from ..io.backoff import Backoff
 from ..io.client import ClientConnection
+from ..io.resuming import MessagesLost, ResumingConnection
 from .options import LoadOptions
-from .runner import FAILURES, GRACE, Mismatch, Runner, Scenario, clock, error_kind
+from .runner import FAILURES, GRACE, Client, Mismatch, Runner, Scenario, clock, error_kind
 
 __all__ = [
     "BUILT_IN",
@@ -104,6 +106,39 @@ class _Mismatches:
             runner.stop()
 
 
+def _deliver(
+    runner: Runner,
+    conn: Client,
+    on_message: Callable[[str | bytes], None],
+    on_closed: Callable[[], None],
+) -> None:
+    """Hand each message of ``conn`` to ``on_message``, and its end to ``on_closed``.
+
+    A plain connection calls them in gevent's hub as messages arrive. A resuming one
+    (``--resume``) is read by a greenlet of the run, since its stream goes on across
+    connections; a resume that lost messages is counted (``recovery failed``, and an
+    error ``MessagesLost``) and the stream goes on.
+    """
+    if isinstance(conn, ClientConnection):
+        conn._deliver(on_message, on_closed)
+        return
+
+    def read() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except MessagesLost as lost:
+                runner.fail(lost)
+                runner.part.counters["recovery failed"] += 1
+                continue
+            except ConnectionClosed:
+                on_closed()
+                return
+            on_message(message)
+
+    runner.group.spawn(read)
+
+
 def _excerpt(message: str | bytes) -> str:
     """A message as the report quotes it: its ``repr``, cut after 60 characters."""
     return repr(message[:60]) + ("..." if len(message) > 60 else "")
@@ -119,7 +154,7 @@ class _EchoLoop:
 
     __slots__ = ("append", "conn", "done", "failure", "in_flight", "payload", "runner", "sent_at")
 
-    def __init__(self, runner: Runner, conn: ClientConnection, payload: str | bytes) -> None:
+    def __init__(self, runner: Runner, conn: Client, payload: str | bytes) -> None:
         self.runner = runner
         self.conn = conn
         self.payload = payload
@@ -176,7 +211,7 @@ def _echo_user(runner: Runner, mismatches: _Mismatches, index: int) -> None:
             continue
         loop = _EchoLoop(runner, conn, payload)
         try:
-            conn._deliver(loop.on_message, loop.on_closed)
+            _deliver(runner, conn, loop.on_message, loop.on_closed)
             loop.next()
             # The loop runs in the hub; this greenlet watches for a reply that never comes.
             while not loop.done.wait(min(timeout, 1.0)):
@@ -284,7 +319,7 @@ def _receiver(runner: Runner, state: _Broadcasts, index: int) -> None:
     closed = Event()
     try:
         # Counted in the hub as messages arrive; this greenlet waits for the end.
-        conn._deliver(_Receiver(runner, state, index).on_message, closed.set)
+        _deliver(runner, conn, _Receiver(runner, state, index).on_message, closed.set)
         closed.wait()  # the run's end closes the connection, or the server does
         runner.fail(f"closed {conn.close_code}")  # counted only before the end
     finally:
@@ -315,7 +350,7 @@ def _sender(runner: Runner, state: _Broadcasts) -> None:
         runner.stop()  # the sender is the run
 
 
-def _probe(runner: Runner, state: _Broadcasts, conn: ClientConnection) -> None:
+def _probe(runner: Runner, state: _Broadcasts, conn: Client) -> None:
     """Send probes until every connected receiver has seen one: all are registered."""
     deadline = clock() + runner.options.timeout
     probe = 0
@@ -334,7 +369,7 @@ def _message(options: LoadOptions, head: str) -> str | bytes:
     return text.encode() if options.binary else text
 
 
-def _send_broadcasts(runner: Runner, state: _Broadcasts, conn: ClientConnection) -> None:
+def _send_broadcasts(runner: Runner, state: _Broadcasts, conn: Client) -> None:
     options = runner.options
     window, timeout = options.window, options.timeout
     counters = runner.part.counters
@@ -364,7 +399,7 @@ def _send_broadcasts(runner: Runner, state: _Broadcasts, conn: ClientConnection)
         runner.part.errors["missing"] += missing
 
 
-def _drain(runner: Runner, conn: ClientConnection) -> None:
+def _drain(runner: Runner, conn: Client) -> None:
     """Read what the server sends the sender (its own broadcasts, perhaps)."""
     counters = runner.part.counters
     try:
@@ -406,10 +441,22 @@ def idle(runner: Runner) -> None:
     runner.at_stop = partial(_last_pings, runner)
 
 
+def _pingable(conn: Client) -> ClientConnection:
+    """``conn``, which must be plain: a resuming connection hides its drops, and pings.
+
+    Raises:
+        TypeError: it is a resuming one (``--resume``, which ``idle`` refuses).
+    """
+    if isinstance(conn, ResumingConnection):
+        raise TypeError("ping() needs a plain connection: not with --resume")
+    return conn
+
+
 def _idle_user(runner: Runner, index: int) -> None:
-    conn = runner.connect()
-    if conn is None:
+    got = runner.connect()
+    if got is None:
         return
+    conn = _pingable(got)
     options, counters = runner.options, runner.part.counters
     pings = runner.samples("ping").append
     # Spread the pings over the interval rather than all at once.
@@ -438,9 +485,9 @@ def _last_pings(runner: Runner) -> None:
     """The end of ``idle``: ping every open connection once; those answering survived."""
     timeout = runner.options.timeout
 
-    def check(conn: ClientConnection) -> bool:
+    def check(conn: Client) -> bool:
         try:
-            conn.ping(timeout=timeout)
+            _pingable(conn).ping(timeout=timeout)
         except FAILURES:
             return False
         return True
@@ -475,7 +522,7 @@ class ScriptClient:
 
     def __init__(self, runner: Runner, index: int) -> None:
         self.index = index
-        self.connection: ClientConnection | None = None
+        self.connection: Client | None = None
         self._runner = runner
 
     @property
@@ -483,7 +530,7 @@ class ScriptClient:
         """False once the run is over; long scripts may check it."""
         return self._runner.active
 
-    def _conn(self) -> ClientConnection:
+    def _conn(self) -> Client:
         if self.connection is None:
             raise ConnectionClosed(1006, "not connected")
         return self.connection
@@ -506,9 +553,13 @@ class ScriptClient:
         return message
 
     def ping(self, timeout: float | None = None) -> float:
-        """Ping the server; return the round trip in seconds."""
+        """Ping the server; return the round trip in seconds.
+
+        Raises:
+            TypeError: with ``--resume`` (a resuming connection has no ping).
+        """
         wait = self._runner.options.timeout if timeout is None else timeout
-        return self._conn().ping(timeout=wait)
+        return _pingable(self._conn()).ping(timeout=wait)
 
     def sleep(self, seconds: float) -> bool:
         """Think time: sleep, cut short when the run ends; return :attr:`active`."""

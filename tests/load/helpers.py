@@ -16,6 +16,8 @@ from geo_ws.load.report import summarize
 from geo_ws.load.runner import run
 from tests.live_apps.process import run_python
 
+#: ``/resume`` drops its other clients after every this many messages.
+DROP_EVERY = 150
 #: The time limit of one ``geo-ws load`` subprocess.
 PROCESS_TIMEOUT = 30.0
 
@@ -47,6 +49,31 @@ class App:
         @room.on("message")
         def on_broadcast(ws: Any, msg: str) -> None:
             ws.sync_broadcast(msg)
+
+        # Broadcasts, and drops every other client (1012) after each DROP_EVERY messages.
+        self.resumable: dict[str, Any] = {}
+        self.broadcasts = 0
+        self.drops = 0
+        resume = WebSocket(self.flask, "/resume", recovery=True)
+
+        @resume.on("connect")
+        def on_resume_connect(ws: Any) -> None:
+            self.resumable[ws.id] = ws  # a resumed client has the same id: the new ws
+
+        @resume.on("message")
+        def on_resume_message(ws: Any, msg: str) -> None:
+            ws.sync_broadcast(msg)
+            self.broadcasts += 1
+            if self.broadcasts % DROP_EVERY == 0:
+                for other in list(self.resumable.values()):
+                    if other.id != ws.id:
+                        other.close(1012, "restart")
+                        self.drops += 1
+
+        @resume.on("close")
+        def on_resume_close(ws: Any) -> None:
+            if self.resumable.get(ws.id) is ws:
+                del self.resumable[ws.id]
 
 
 def figures(options: LoadOptions, **changes: Any) -> dict[str, Any]:

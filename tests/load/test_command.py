@@ -25,6 +25,10 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["ws://127.0.0.1:1/", "--scenario", str(script)]) == 2
     assert "no user(client) function" in capsys.readouterr().err
     assert main(["ws://127.0.0.1:1/", "-c", "0"]) == 2
+    assert main(["ws://127.0.0.1:1/", "-s", "idle", "--resume"]) == 2
+    assert "--resume does not go with idle" in capsys.readouterr().err
+    assert main(["ws://127.0.0.1:1/", "--resume", "--subprotocol", "chat"]) == 2
+    assert "--resume does not go with --subprotocol" in capsys.readouterr().err
 
 
 def test_command_writes_json_and_meets_its_slo(address: str, tmp_path: Path) -> None:

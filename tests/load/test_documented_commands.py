@@ -21,6 +21,7 @@ import pytest
 import websocket
 
 import examples.echo  # monkey-patches at import: harmless, conftest.py did it already
+from geo_ws.client import ResumingConnection
 from tests.helpers import WAIT
 from tests.live_apps.process import ROOT, ServerProcess, child_env
 from tests.test_examples import free_port, wait_listening
@@ -79,7 +80,11 @@ def test_echo_example_endpoints(serve: Serve) -> None:
     first = websocket.create_connection(f"ws://{address}/room", timeout=WAIT)
     second = websocket.create_connection(f"ws://{address}/room", timeout=WAIT)
     chat = websocket.create_connection(f"ws://{address}/chat", timeout=WAIT)
+    feed = ResumingConnection(f"ws://{address}/feed", timeout=WAIT)
     try:
+        feed.send("to the feed")
+        assert feed.recv(timeout=WAIT) == "to the feed"  # its offset stripped: a resume
+        assert feed.id is not None
         echo.send("hello")
         assert echo.recv() == "hello"
         echo.send_binary(b"\x00\xff")
@@ -92,7 +97,7 @@ def test_echo_example_endpoints(serve: Serve) -> None:
         chat.send("login alice")
         assert chat.recv() == "hi alice"
     finally:
-        for client in (echo, first, second, chat):
+        for client in (echo, first, second, chat, feed):
             client.close()
 
 

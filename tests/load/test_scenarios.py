@@ -15,7 +15,7 @@ from geo_ws.load.report import summarize
 from geo_ws.load.runner import Runner, run
 from geo_ws.server.builtin import Server
 
-from .helpers import App, figures
+from .helpers import DROP_EVERY, App, figures
 
 
 def test_echo_of_messages_larger_than_the_send_buffer(address: str, app: App) -> None:
@@ -76,6 +76,34 @@ def test_broadcast_counts_every_delivery(address: str) -> None:
     assert summary["errors"]["total"] == 0
     # The last receiver is never earlier than the median one.
     assert summary["steps"]["broadcast"]["p50_ms"] >= summary["steps"]["delivery"]["p50_ms"]
+
+
+def test_broadcast_with_resume_loses_nothing_when_receivers_drop(address: str, app: App) -> None:
+    # /resume drops every receiver (1012) after each DROP_EVERY messages: they come back
+    # by themselves and get what they missed, once.
+    options = LoadOptions(
+        f"ws://{address}/resume", scenario="broadcast", connections=4, messages=500, resume=True
+    )
+    summary = figures(options)
+    counts = summary["scenario_figures"]
+    assert counts["receivers"] == 4
+    assert counts["sent"] == 500
+    assert counts["deliveries"] == 2000
+    assert counts["missing"] == 0
+    assert "duplicated" not in counts
+    drops = 4 * (500 // DROP_EVERY)  # the probes are broadcasts too: at least this many
+    assert app.drops >= drops
+    assert counts["reconnects"] == app.drops
+    assert summary["errors"]["total"] == 0
+
+
+def test_echo_with_resume_reads_positioned_messages(address: str) -> None:
+    # One user alone on /resume: its broadcast is its echo, offsets stripped by the client.
+    options = LoadOptions(f"ws://{address}/resume", connections=1, messages=300, resume=True)
+    summary = figures(options)
+    assert summary["steps"]["echo"]["count"] == 300
+    assert summary["errors"]["total"] == 0
+    assert summary["scenario_figures"]["reconnects"] == 0
 
 
 def test_broadcast_to_an_echo_endpoint_reaches_no_receiver(address: str) -> None:
