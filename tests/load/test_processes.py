@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+from geo_ws.load.command import add_arguments, options_from
+from geo_ws.load.options import LoadOptions
+from geo_ws.load.processes import worker_arguments
 
 from .helpers import App, geo_ws_load
 
@@ -34,3 +39,12 @@ def test_echo_users_of_different_workers_send_different_messages(
     assert summary["errors"]["by_kind"] == {"mismatch": 2}, result.stdout
     assert len(summary["notes"]) == 2  # one per worker
     assert summary["duration_s"] < 5
+
+
+def test_workers_get_resume() -> None:
+    options = LoadOptions("ws://127.0.0.1:1/feed", scenario="broadcast", resume=True)
+    arguments = worker_arguments(options, 2, 0)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert options_from(parser.parse_args(arguments)).resume is True
+    assert "--resume" not in worker_arguments(LoadOptions("ws://127.0.0.1:1/"), 2, 0)
