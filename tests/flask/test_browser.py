@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from flask import Flask, url_for
-from playwright.sync_api import Page
+from playwright.sync_api import Browser, Page
 
 from geo_ws import GeoWS, browser_client
 from geo_ws.flask.browser import CACHE_SECONDS, script_source
@@ -22,6 +22,26 @@ from ..live_apps.chromium import TIMEOUT_MS, chromium
 from ..live_apps.process import ServerProcess
 
 SCRIPT = "/geo_ws/geo_ws.js"
+#: Imports geo_ws.js as ``window.geo``.
+IMPORT = f"async () => {{ window.geo = await import('{SCRIPT}'); window.sockets = []; }}"
+#: Opens ``window.sock`` on ``path`` and records what it sees in ``window.seen``.
+OPEN_SOCKET = """([path, options]) => {
+    window.seen = {open: 0, close: [], message: [], offsets: [], resumed: 0, failed: []};
+    options = {initialDelay: 20, maxDelay: 100, ...options};
+    if (options.storage) options.storage = window[options.storage];  // named by the test
+    window.sock = new geo.GeoSocket(path, options);
+    sockets.push(sock);
+    sock.addEventListener("open", () => { seen.open += 1; });
+    sock.addEventListener("close", ({detail: d}) => seen.close.push([d.code, d.reconnecting]));
+    sock.addEventListener("message", (e) => {
+        seen.message.push(e.data);
+        seen.offsets.push(Number(e.lastEventId));
+    });
+    sock.addEventListener("resumed", () => { seen.resumed += 1; });
+    sock.addEventListener("recovery-failed", ({detail: d}) => seen.failed.push(d));
+}"""
+#: Closes every socket the page opened.
+CLOSE_ALL = "() => { for (const socket of sockets.splice(0)) socket.close(); }"
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
@@ -65,18 +85,38 @@ def test_blueprint_registered_by_hand_under_a_prefix() -> None:
 
 
 @pytest.fixture(scope="module")
-def page() -> Iterator[Page]:
-    """A page of tests/live_apps/browser_client.py with geo_ws.js imported as ``window.geo``."""
+def site() -> Iterator[tuple[Browser, str]]:
+    """Chromium, and the URL of tests/live_apps/browser_client.py served in a subprocess."""
     with ServerProcess(
         "-m", "geo_ws", "run", "tests.live_apps.browser_client:app", "--port", "0"
     ) as server:
         host, port = server.wait_serving()
         with chromium() as browser:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(f"http://{host}:{port}/")
-            page.evaluate(f"async () => {{ window.geo = await import('{SCRIPT}'); }}")
-            yield page
+            yield browser, f"http://{host}:{port}/"
+
+
+def open_page(site: tuple[Browser, str]) -> Page:
+    """A new page of the site with geo_ws.js imported as ``window.geo``."""
+    browser, url = site
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.evaluate(IMPORT)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(site: tuple[Browser, str]) -> Page:
+    """One page for the tests of this module that need no page of their own."""
+    return open_page(site)
+
+
+@pytest.fixture(autouse=True)
+def close_sockets(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Close the test's sockets, so that none reconnects during the next test."""
+    yield
+    if "page" in request.fixturenames:
+        request.getfixturevalue("page").evaluate(CLOSE_ALL)
 
 
 def test_parse_text_frames(page: Page) -> None:
@@ -153,19 +193,10 @@ def test_resume_offered_to_an_endpoint_without_recovery_never_opens(page: Page) 
     assert page.evaluate("() => [seen.open, seen.close[0]]") == [0, [1006, True]]
 
 
-#: Opens ``window.sock`` on ``path`` and records what it sees in ``window.seen``.
-OPEN_SOCKET = """([path, options]) => {
-    window.seen = {open: 0, close: [], message: []};
-    options = {initialDelay: 20, maxDelay: 100, ...options};
-    window.sock = new geo.GeoSocket(path, options);
-    sock.addEventListener("open", () => { seen.open += 1; });
-    sock.addEventListener("close", ({detail: d}) => seen.close.push([d.code, d.reconnecting]));
-    sock.addEventListener("message", (e) => { seen.message.push(e.data); });
-}"""
-
-
 def test_plain_endpoint_reconnects_and_flushes_the_offline_queue(page: Page) -> None:
-    page.evaluate(OPEN_SOCKET, ["/echo", {"resume": False, "maxQueue": 3}])
+    # The first reconnect waits 0.5 s at least: time to queue while offline.
+    options = {"resume": False, "maxQueue": 3, "initialDelay": 1000, "maxDelay": 1000}
+    page.evaluate(OPEN_SOCKET, ["/echo", options])
     page.wait_for_function("() => seen.open === 1")
     assert page.evaluate("() => [sock.plain, sock.id, sock.resumed, sock.recovered]") == [
         True,
@@ -184,11 +215,11 @@ def test_plain_endpoint_reconnects_and_flushes_the_offline_queue(page: Page) -> 
     page.wait_for_function("() => seen.open === 2 && seen.message.length === 4")
     page.evaluate("() => sock.send('two')")
     page.wait_for_function("() => seen.message.length === 5")
-    assert page.evaluate("() => seen") == {
-        "open": 2,
-        "close": [[1012, True]],
-        "message": ["one", "a", "b", "c", "two"],
-    }
+    assert page.evaluate("() => [seen.open, seen.close, seen.message]") == [
+        2,
+        [[1012, True]],
+        ["one", "a", "b", "c", "two"],
+    ]
 
     # close(): a clean close, no reconnect, sends refused.
     page.evaluate("() => sock.close()")
@@ -198,3 +229,89 @@ def test_plain_endpoint_reconnects_and_flushes_the_offline_queue(page: Page) -> 
         False,
         False,
     ]
+
+
+# -- GeoSocket on an endpoint with recovery ---------------------------------------------
+
+
+def test_resume_keeps_the_id_and_delivers_every_message_once(page: Page) -> None:
+    page.evaluate(OPEN_SOCKET, ["/feed", {}])
+    page.wait_for_function("() => seen.open === 1")
+    first_id = page.evaluate("() => sock.id")
+    # The server closes sock (1012) while a second client sends 30 messages: those sent
+    # while sock is away come in the replay, the others live; none twice, none lost.
+    page.evaluate(
+        """() => {
+            window.writer = new geo.GeoSocket("/feed");
+            sockets.push(writer);
+            writer.addEventListener("open", () => {
+                sock.send("restart");
+                for (let n = 0; n < 30; n++) writer.send(`m${n}`);
+            }, {once: true});
+        }"""
+    )
+    page.wait_for_function("() => seen.message.length >= 30")
+    seen = page.evaluate("() => seen")
+    assert seen["message"] == [f"m{n}" for n in range(30)]
+    offsets = seen["offsets"]
+    assert offsets == sorted(set(offsets))  # offsets only grow
+    assert (seen["open"], seen["close"], seen["resumed"], seen["failed"]) == (
+        2,
+        [[1012, True]],
+        1,
+        [],
+    )
+    assert page.evaluate("() => [sock.id, sock.resumed, sock.recovered, sock.offset]") == [
+        first_id,
+        True,
+        True,
+        offsets[-1],
+    ]
+
+
+def test_back_after_the_window_is_told_recovery_failed(page: Page) -> None:
+    # /short keeps a session half a second: the first attempt waits 0.75 s at least.
+    page.evaluate(OPEN_SOCKET, ["/short", {"initialDelay": 1500, "maxDelay": 1500}])
+    page.wait_for_function("() => seen.open === 1")
+    first_id = page.evaluate("() => sock.id")
+    page.evaluate("() => sock.send('restart')")
+    page.wait_for_function("() => seen.open === 2", timeout=TIMEOUT_MS + 1500)
+    failed = page.evaluate("() => seen.failed")
+    assert len(failed) == 1 and failed[0]["resumed"] is False and failed[0]["recovered"] is False
+    assert page.evaluate("() => [seen.resumed, sock.resumed, sock.id === null]") == [
+        0,
+        False,
+        False,
+    ]
+    assert page.evaluate("() => sock.id") != first_id  # a new client
+    page.evaluate("() => sock.send('after')")
+    page.wait_for_function("() => seen.message.length === 1")
+    assert page.evaluate("() => seen.message") == ["after"]
+
+
+def test_session_storage_resumes_across_a_reload(site: tuple[Browser, str]) -> None:
+    page = open_page(site)
+    try:
+        page.evaluate(OPEN_SOCKET, ["/feed", {"storage": "sessionStorage"}])
+        page.wait_for_function("() => seen.open === 1")
+        page.evaluate("() => sock.send('before')")
+        page.wait_for_function("() => seen.message.length === 1")
+        first_id, offset = page.evaluate("() => [sock.id, sock.offset]")
+        page.reload()  # the socket goes away with the page; its session stays in the tab
+        page.evaluate(IMPORT)
+        page.evaluate(OPEN_SOCKET, ["/feed", {"storage": "sessionStorage"}])
+        page.wait_for_function("() => seen.open === 1")
+        assert page.evaluate("() => [sock.id, sock.resumed, sock.recovered]") == [
+            first_id,
+            True,
+            True,
+        ]
+        assert page.evaluate("() => sock.offset") >= offset
+        page.evaluate("() => sock.send('after')")
+        page.wait_for_function("() => seen.message.length === 1")
+        assert page.evaluate("() => seen.message") == ["after"]  # 'before' not again
+        page.evaluate(CLOSE_ALL)
+        # close() forgets the session: the tab's storage holds nothing any more.
+        assert page.evaluate("() => sessionStorage.length") == 0
+    finally:
+        page.close()

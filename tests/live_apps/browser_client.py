@@ -3,12 +3,13 @@
     python -m geo_ws run tests.live_apps.browser_client:app
 
 ``/echo`` (no recovery) echoes each message; ``"restart"`` closes with 1012 (service
-restart) instead, so that the client reconnects.
+restart) instead, so that the client reconnects. ``/feed`` (recovery) and ``/short``
+(recovery for half a second) broadcast each message; ``"restart"`` closes with 1012 too.
 """
 
 from flask import Flask
 
-from geo_ws import GeoWS, WebSocket
+from geo_ws import GeoWS, Recovery, WebSocket
 
 app = Flask(__name__)
 GeoWS(app)
@@ -21,6 +22,17 @@ def reply(ws, msg):
         ws.close(1012, "restart")
         return None
     return msg
+
+
+def relay(ws, msg):
+    if msg == "restart":
+        ws.close(1012, "restart")
+    else:
+        ws.sync_broadcast(msg)
+
+
+WebSocket(app, "/feed", recovery=True).on("message")(relay)
+WebSocket(app, "/short", recovery=Recovery(age=0.5)).on("message")(relay)
 
 
 @app.get("/")
