@@ -1,23 +1,24 @@
 /**
  * geo_ws.js: a browser client for geo_ws endpoints that resume (an ES module, no build step).
  *
- *   import { GeoSocket } from "/geo_ws/geo_ws.js";   // served by the app: see docs/recovery.md
+ *   import { GeoSocket } from "/geo_ws/geo_ws.js";   // served by the app: see docs/browser.md
  *   const socket = new GeoSocket("/chat/ws?name=alice");
  *   socket.addEventListener("message", (e) => show(e.data));     // e.lastEventId: its offset
  *   socket.addEventListener("recovery-failed", () => reloadState()); // history lost: re-sync
  *   socket.send("hi");   // queued while offline, sent in order once connected again
  *   socket.close();      // a clean close: no reconnect
  *
- * It offers the subprotocol "geo_ws.resume.1" (the resume wire of docs/recovery.md): the first
- * message says {"type": "start"} or {"type": "resume", session, epoch, offset}; the server's first
- * message is a "hello"; then every data message carries its offset in the endpoint's log ("<offset>:
- * <text>", or 8 big-endian bytes before a binary payload). The client keeps the last offset it handed
- * to the app and drops anything at or below it, so each message is delivered once, in order.
+ * It offers the subprotocol "geo_ws.resume.1" (the resume wire of docs/recovery.md): the
+ * first message says {"type": "start"} or {"type": "resume", session, epoch, offset}; the
+ * server's first message is a "hello"; then every data message carries its offset in the
+ * endpoint's log ("<offset>:<text>", or 8 big-endian bytes before a binary payload). The
+ * client keeps the last offset it handed to the app and drops anything at or below it, so
+ * each message is delivered once, in order.
  *
- * After a drop it reconnects with jittered exponential backoff and resumes: the server gives back the
- * same id and rooms, then what was missed. Events (all dispatched on the GeoSocket):
+ * After a drop it reconnects with jittered exponential backoff and resumes: the server gives
+ * back the same id and rooms, then what was missed. Events (all dispatched on the GeoSocket):
  *   "open"            hello received; detail {id, resumed, recovered, missed}
- *   "message"         a MessageEvent: data (string, or ArrayBuffer for binary), lastEventId (offset)
+ *   "message"         a MessageEvent: data (string, or ArrayBuffer: binary), lastEventId (offset)
  *   "resumed"         the server restored this client's session (same id and rooms)
  *   "recovery-failed" a resume could not replay everything missed (window passed, history lost);
  *                     detail {resumed, missed}: the app should re-sync its state
@@ -94,16 +95,19 @@ function socketUrl(url) {
  * offline: 1000; beyond it send() returns false); storage (e.g. sessionStorage: keep the session
  * across page reloads; default none, memory only); storageKey (default "geo_ws:" + url);
  * protocols (more subprotocols to offer after the resume one); resume (default true). With
- * resume: false it does not offer the resume subprotocol: for an endpoint without recovery, it is a
- * plain WebSocket that reconnects and queues (socket.plain is true, messages come as sent). Browsers
- * fail a handshake whose response names none of the subprotocols offered, so resume: true against
- * an endpoint without recovery never opens (close events with code 1006, retried).
+ * resume: false it does not offer the resume subprotocol: for an endpoint without recovery,
+ * it is a plain WebSocket that reconnects and queues (socket.plain is true, messages come as
+ * sent). Browsers fail a handshake whose response names none of the subprotocols offered, so
+ * resume: true against an endpoint without recovery never opens (close 1006, retried).
  */
 export class GeoSocket extends EventTarget {
   constructor(url, options = {}) {
     super();
     this.url = socketUrl(url);
-    this.options = { initialDelay: 500, maxDelay: 30000, maxQueue: 1000, protocols: [], resume: true, ...options };
+    this.options = {
+      ...{ initialDelay: 500, maxDelay: 30000, maxQueue: 1000, protocols: [], resume: true },
+      ...options,
+    };
     this.storageKey = this.options.storageKey || `geo_ws:${this.url}`;
     /** The public id of this client (ws.id on the server), once connected. */
     this.id = null;
