@@ -165,6 +165,13 @@ def test_first_message(page: Page) -> None:
     assert resume == '{"type":"resume","session":"s3cr3t","epoch":"e1","offset":41}'
 
 
+def test_final_close_codes(page: Page) -> None:
+    codes = [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 2999]
+    codes += [3000, 4999]
+    final = page.evaluate("(codes) => codes.filter(geo.isFinal)", codes)
+    assert final == [1000, 1002, 1003, 1007, 1008, 1009, 1010, 3000, 4999]
+
+
 def test_backoff_is_exponential_capped_and_jittered(page: Page) -> None:
     low, high, capped = page.evaluate(
         """() => {

@@ -32,9 +32,16 @@
 /** The subprotocol of the resume wire. */
 export const SUBPROTOCOL = "geo_ws.resume.1";
 
-/** Close codes after which the client does not reconnect: the server meant it, or it would fail
- *  again (normal closure, protocol or data errors, policy). */
-export const FINAL_CODES = new Set([1000, 1002, 1003, 1007, 1008]);
+/**
+ * Whether the client stays closed after close code `code` (docs/recovery.md, "Coming back"):
+ * 1000 and 3000-4999 (closed on purpose by the server or the app), 1002, 1003 and 1007-1010
+ * (the protocol or the app refused what it sent). It comes back after anything else: 1001
+ * (a restart, a deploy), 1006 (lost; also a refused handshake: browsers do not tell them
+ * apart), 1011, 1012, 1013.
+ */
+export function isFinal(code) {
+  return [1000, 1002, 1003].includes(code) || (code >= 1007 && code <= 1010) || code >= 3000;
+}
 
 /**
  * Split a positioned data frame of the wire.
@@ -186,7 +193,7 @@ export class GeoSocket extends EventTarget {
     socket.onclose = (event) => {
       if (socket !== this._socket) return;
       this.connected = false;
-      const reconnecting = !this._closed && !FINAL_CODES.has(event.code);
+      const reconnecting = !this._closed && !isFinal(event.code);
       const delay = reconnecting ? this._schedule() : null;
       this._emit("close", { code: event.code, reason: event.reason, reconnecting, delay });
     };
