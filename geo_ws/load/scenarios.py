@@ -19,7 +19,7 @@
 
 The hot loops of ``echo`` and of the ``broadcast`` receivers run as callbacks in gevent's
 hub (no greenlet switch per message, the biggest cost of a round trip in Python). With
-``--resume`` a greenlet per user reads its :class:`ResumingConnection` and calls them.
+``--resume`` a greenlet per user reads its ``ResumingConnection`` and calls them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from gevent.event import Event
 from ..exceptions import ConnectionClosed
 from ..io.backoff import Backoff
 from ..io.client import ClientConnection
-from ..io.resuming import MessagesLost, ResumingConnection
+from ..io.resuming import MessagesLost
 from .options import LoadOptions
 from .runner import FAILURES, GRACE, Client, Mismatch, Runner, Scenario, clock, error_kind
 
@@ -441,22 +441,10 @@ def idle(runner: Runner) -> None:
     runner.at_stop = partial(_last_pings, runner)
 
 
-def _pingable(conn: Client) -> ClientConnection:
-    """``conn``, which must be plain: a resuming connection hides its drops, and pings.
-
-    Raises:
-        TypeError: it is a resuming one (``--resume``, which ``idle`` refuses).
-    """
-    if isinstance(conn, ResumingConnection):
-        raise TypeError("ping() needs a plain connection: not with --resume")
-    return conn
-
-
 def _idle_user(runner: Runner, index: int) -> None:
-    got = runner.connect()
-    if got is None:
+    conn = runner.connect()
+    if conn is None:
         return
-    conn = _pingable(got)
     options, counters = runner.options, runner.part.counters
     pings = runner.samples("ping").append
     # Spread the pings over the interval rather than all at once.
@@ -487,7 +475,7 @@ def _last_pings(runner: Runner) -> None:
 
     def check(conn: Client) -> bool:
         try:
-            _pingable(conn).ping(timeout=timeout)
+            conn.ping(timeout=timeout)
         except FAILURES:
             return False
         return True
@@ -553,13 +541,9 @@ class ScriptClient:
         return message
 
     def ping(self, timeout: float | None = None) -> float:
-        """Ping the server; return the round trip in seconds.
-
-        Raises:
-            TypeError: with ``--resume`` (a resuming connection has no ping).
-        """
+        """Ping the server; return the round trip in seconds."""
         wait = self._runner.options.timeout if timeout is None else timeout
-        return _pingable(self._conn()).ping(timeout=wait)
+        return self._conn().ping(timeout=wait)
 
     def sleep(self, seconds: float) -> bool:
         """Think time: sleep, cut short when the run ends; return :attr:`active`."""
