@@ -41,7 +41,7 @@ from gevent.event import Event
 from ..exceptions import ConnectionClosed
 from ..io.backoff import Backoff
 from ..io.client import ClientConnection
-from ..io.resuming import MessagesLost
+from ..io.resuming import MessagesLost, ResumingConnection
 from .options import LoadOptions
 from .runner import FAILURES, GRACE, Client, Mismatch, Runner, Scenario, clock, error_kind
 
@@ -370,16 +370,35 @@ def _message(options: LoadOptions, head: str) -> str | bytes:
 
 
 def _send_broadcasts(runner: Runner, state: _Broadcasts, conn: Client) -> None:
+    """Send numbered messages, at most ``window`` in flight; count the missing ones at the end.
+
+    With ``--resume`` the sender may drop too: what it had in flight then may never have
+    reached the server. If the window stalls after the sender came back, those are given
+    up (still counted ``missing`` at the end if they never arrive) and sending goes on.
+    """
     options = runner.options
     window, timeout = options.window, options.timeout
     counters = runner.part.counters
     sent = 0
+    given_up: set[int] = set()
+    comebacks = _reconnects(conn)
+
+    def in_flight() -> int:
+        late = sum(1 for seq in given_up if state.counts[seq] >= state.receivers)
+        return sent - len(given_up) - (state.completed - late)
+
     while runner.active and runner.take():
-        while runner.active and sent - state.completed >= window:
+        while runner.active and in_flight() >= window:
             state.progress.clear()
-            if not state.progress.wait(timeout):
-                runner.fail("stalled")
-                runner.stop()
+            if state.progress.wait(timeout):
+                continue
+            if _reconnects(conn) != comebacks:
+                comebacks = _reconnects(conn)
+                given_up.update(s for s in range(sent) if state.counts[s] < state.receivers)
+                counters["given_up"] = len(given_up)
+                continue
+            runner.fail("stalled")
+            runner.stop()
         if not runner.active:
             break
         state.counts.append(0)
@@ -389,7 +408,7 @@ def _send_broadcasts(runner: Runner, state: _Broadcasts, conn: Client) -> None:
         counters["sent"] += 1
     # The last messages in flight, within the timeout.
     deadline = clock() + timeout
-    while state.completed < sent and clock() < deadline:
+    while in_flight() > 0 and clock() < deadline:
         state.progress.clear()
         state.progress.wait(max(0.0, deadline - clock()))
     missing = sum(max(0, state.receivers - count) for count in state.counts)
@@ -397,6 +416,11 @@ def _send_broadcasts(runner: Runner, state: _Broadcasts, conn: Client) -> None:
     if missing:
         # Errors even after the end: a message lost then is lost all the same.
         runner.part.errors["missing"] += missing
+
+
+def _reconnects(conn: Client) -> int:
+    """How many times ``conn`` came back after a drop (0 for a plain one)."""
+    return conn.reconnects if isinstance(conn, ResumingConnection) else 0
 
 
 def _drain(runner: Runner, conn: Client) -> None:

@@ -50,10 +50,13 @@ class App:
         def on_broadcast(ws: Any, msg: str) -> None:
             ws.sync_broadcast(msg)
 
-        # Broadcasts, and drops every other client (1012) after each DROP_EVERY messages.
+        # Broadcasts, and drops every other client (1012) after each DROP_EVERY messages;
+        # with drop_sender, every client instead of relaying that message, as a restart
+        # would (what the sender has in flight then is lost).
         self.resumable: dict[str, Any] = {}
         self.broadcasts = 0
         self.drops = 0
+        self.drop_sender = False
         resume = WebSocket(self.flask, "/resume", recovery=True)
 
         @resume.on("connect")
@@ -62,11 +65,13 @@ class App:
 
         @resume.on("message")
         def on_resume_message(ws: Any, msg: str) -> None:
-            ws.sync_broadcast(msg)
             self.broadcasts += 1
+            restart = self.drop_sender and self.broadcasts % DROP_EVERY == 0
+            if not restart:
+                ws.sync_broadcast(msg)
             if self.broadcasts % DROP_EVERY == 0:
                 for other in list(self.resumable.values()):
-                    if other.id != ws.id:
+                    if other.id != ws.id or self.drop_sender:
                         other.close(1012, "restart")
                         self.drops += 1
 

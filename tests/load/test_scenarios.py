@@ -97,6 +97,31 @@ def test_broadcast_with_resume_loses_nothing_when_receivers_drop(address: str, a
     assert summary["errors"]["total"] == 0
 
 
+def test_broadcast_with_resume_goes_on_when_the_sender_drops(address: str, app: App) -> None:
+    # Every client drops, the sender too, as in a restart: what the sender had in flight
+    # never reaches the server. The run gives those up once the sender is back (counted
+    # missing) and sends on, rather than stalling.
+    app.drop_sender = True
+    options = LoadOptions(
+        f"ws://{address}/resume",
+        scenario="broadcast",
+        connections=3,
+        messages=400,
+        resume=True,
+        timeout=1.0,
+    )
+    summary = figures(options)
+    counts = summary["scenario_figures"]
+    assert counts["sent"] == 400
+    assert "duplicated" not in counts
+    assert counts["deliveries"] + counts["missing"] == 3 * 400
+    assert counts["given_up"] > 0  # a restart lost a whole window: the run went on
+    # Only what the sender had in flight at a restart is missing, from every receiver.
+    assert counts["missing"] % 3 == 0
+    assert counts["missing"] <= 3 * options.window * (app.broadcasts // DROP_EVERY)
+    assert set(summary["errors"]["by_kind"]) == {"missing"}  # not "stalled"
+
+
 def test_echo_with_resume_reads_positioned_messages(address: str) -> None:
     # One user alone on /resume: its broadcast is its echo, offsets stripped by the client.
     options = LoadOptions(f"ws://{address}/resume", connections=1, messages=300, resume=True)
