@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,6 +22,7 @@ from ..io.concurrency import run_coroutine
 from ..io.connection import Connection, Interrupted
 from ..server.wsgi import OpenConnections, Transport
 from .appstate import app_state
+from .metrics import meter_of
 from .params import QueryParams
 
 if TYPE_CHECKING:
@@ -79,6 +81,7 @@ class WebSocketConnector:
         self._direct = direct
         if direct is not None:
             self._context = contextvars.Context()
+        self._meter = meter_of(app, self._registry.key)  # None: the app does not count
 
     @cached_property
     def headers(self) -> Headers:
@@ -201,6 +204,8 @@ class WebSocketConnector:
         self._parking = self._transport.detachable and connection.can_park
         self._broker.listen()  # from now on, sends from other processes arrive here
         self._registry.add(self.id, connection)
+        if self._meter is not None:
+            self._meter.opened(self._registry, connection, self._broker)
         self._serve(connect=True)
 
     def _serve(self, connect: bool = False) -> None:
@@ -227,6 +232,8 @@ class WebSocketConnector:
             self._end()
             raise
         self._registry.remove(self.id)
+        if self._meter is not None:
+            self._meter.closing(connection)
         request_ = connection.close_request
         self._dispatch(
             "close", "", deliver=connection.can_send and not (request_ and request_.error)
@@ -272,6 +279,8 @@ class WebSocketConnector:
         connections = self._transport.connections
         if connections is not None:
             connections.discard(self._connection)
+        if self._meter is not None:
+            self._meter.ended(self._connection)
         context, self._request_context = self._request_context, None
         if context is not None:
             try:
@@ -284,6 +293,7 @@ class WebSocketConnector:
         handler = self._endpoint._handlers.get(event)
         if handler is None:
             return
+        started = time.perf_counter()
         try:
             if self._direct is not None:
                 self._enter_request(self._direct)
@@ -300,6 +310,8 @@ class WebSocketConnector:
             # it. Not an error; the session sees the same ending and closes accordingly.
         except Exception:
             self._handler_failed(event)
+        if self._meter is not None:
+            self._meter.handled(event, time.perf_counter() - started)
 
     def _handler_failed(self, event: str) -> None:
         """Log the handler's exception (being handled) and close with 1011."""

@@ -15,6 +15,7 @@ from flask.cli import AppGroup
 
 from .._compat.flask import current_object
 from ..io.options import Options
+from .metrics import install as install_metrics
 
 __all__ = ["GeoWS", "cli"]
 
@@ -62,11 +63,13 @@ class GeoWS:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Fill in the ``GEO_WS_*`` config defaults and add ``flask geo-ws run``."""
+        """Fill in the ``GEO_WS_*`` config defaults, add ``flask geo-ws run``, and serve
+        the metrics at ``GEO_WS_METRICS_PATH`` if it is set (see :mod:`geo_ws.flask.metrics`)."""
         for name, default in zip(Options.names(), Options.defaults(), strict=True):
             app.config.setdefault("GEO_WS_" + name.upper(), default)
         app.extensions.setdefault("geo_ws_extension", self)
         app.cli.add_command(cli)
+        install_metrics(app)
 
     def run(self, app: Flask, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
         """Serve ``app`` with :func:`geo_ws.run` (the process must be monkey-patched)."""
