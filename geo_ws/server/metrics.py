@@ -56,8 +56,8 @@ logger = logging.getLogger("geo_ws")
 FOLD_INTERVAL = 1.0
 """Seconds between two folds of a process's counts into its metrics."""
 HANDLER_BUCKETS = (
-    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
-    *(0.5, 1.0, 2.5, 5.0, 10.0),
+    *(0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01),
+    *(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 """Upper bounds of the handler duration histogram, in seconds."""
 ROUND_TRIP_BUCKETS = (
@@ -222,6 +222,7 @@ class EndpointMeter:
         self._registries: WeakSet[Registry] = WeakSet()
         self._handlers = {event: _Tally(HANDLER_BUCKETS) for event in EVENTS}
         self._round_trips = _Tally(ROUND_TRIP_BUCKETS)
+        family.slow.labels(key)  # shown from the start: 0 is news too
 
     def opened(self, registry: Registry, connection: Connection, broker: Broker) -> None:
         """A connection of ``registry`` opened: watch its registry, broker and pings."""
