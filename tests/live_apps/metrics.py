@@ -1,7 +1,8 @@
 """An app that serves its metrics at /metrics (run with gunicorn: ``tests.live_apps.metrics:app``).
 
 ``/echo`` says which worker it is (its pid) on connect, then echoes; ``quit`` makes the
-server close with 4002. ``/ping`` pings its clients every 0.2 s.
+server close with 4002, ``all:TEXT`` broadcasts TEXT (through ``GEO_WS_BROKER_URL``'s
+broker, if set). ``/ping`` pings its clients every 0.2 s.
 """
 
 import os
@@ -30,6 +31,9 @@ def create_app(prefix: str = "") -> Flask:
     def message(ws, msg):
         if msg == "quit":
             ws.close(4002, "asked to")
+            return None
+        if isinstance(msg, str) and msg.startswith("all:"):
+            ws.sync_broadcast(msg[4:])
             return None
         return msg
 

@@ -22,6 +22,7 @@ from geo_ws.protocol.frames import Opcode
 from geo_ws.protocol.machine import Ping
 from tests.helpers import WAIT, RawClient, http_get
 from tests.live_apps.metrics import create_app
+from tests.live_apps.redis_server import RedisServer
 from tests.server.test_gunicorn import gunicorn
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -236,3 +237,46 @@ def test_three_gunicorn_workers_add_up_and_a_killed_one_leaves_the_gauge(
         wait_for(address, {key("geo_ws_open_connections", **e): 8 - lost})
         assert len(per_worker) > 1 or lost == 8
     assert not [line for line in server.stderr.lines if "Traceback" in line]
+
+
+def test_broker_counters_add_up_across_gunicorn_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    redis = RedisServer()  # its own: this test kills it
+    try:
+        with gunicorn(
+            "tests.live_apps.metrics:app", "-e", f"GEO_WS_BROKER_URL={redis.url}", workers=3
+        ) as (server, address):
+            clients = [RawClient(address, "/echo") for _ in range(9)]
+            pids = [int(client.recv()) for client in clients]
+            workers = len(set(pids))  # those with a client listen to the broker
+            for i in range(5):
+                clients[0].send_text(f"all:news {i}")
+            for client in clients:
+                assert [client.recv() for _ in range(5)] == [f"news {i}" for i in range(5)]
+            wait_for(
+                address,
+                {
+                    key("geo_ws_broker_published_total"): 5,
+                    key("geo_ws_broker_received_total"): 5 * (workers - 1),
+                    key("geo_ws_broker_gaps_total"): 0,
+                    key("geo_ws_broker_missed_total"): 0,
+                    key("geo_ws_broker_publish_failed_total"): 0,
+                    key("geo_ws_messages_sent_total", endpoint="/echo"): 9 + 5 * 9,
+                },
+            )
+
+            # Redis gone: the broadcast reaches the sender's worker only, and is counted lost.
+            redis.kill()
+            clients[0].send_text("all:unheard")
+            here = [client for client, pid in zip(clients, pids, strict=True) if pid == pids[0]]
+            for client in here:
+                assert client.recv() == "unheard"
+            for client in clients:  # the others got nothing before their echo
+                client.send_text("after")
+                assert client.recv() == "after"
+            wait_for(address, {key("geo_ws_broker_publish_failed_total"): 1})
+            assert value(scrape(address), "geo_ws_broker_published_total") == 5
+    finally:
+        redis.kill()
