@@ -293,7 +293,9 @@ class WebSocketConnector:
         handler = self._endpoint._handlers.get(event)
         if handler is None:
             return
-        started = time.perf_counter()
+        # Timed for the metrics: every connect and close, one message in SAMPLE_EVERY.
+        meter = self._meter
+        started = None if meter is None else meter.started(event)
         try:
             if self._direct is not None:
                 self._enter_request(self._direct)
@@ -310,8 +312,8 @@ class WebSocketConnector:
             # it. Not an error; the session sees the same ending and closes accordingly.
         except Exception:
             self._handler_failed(event)
-        if self._meter is not None:
-            self._meter.handled(event, time.perf_counter() - started)
+        if meter is not None and started is not None:
+            meter.handled(event, time.perf_counter() - started)
 
     def _handler_failed(self, event: str) -> None:
         """Log the handler's exception (being handled) and close with 1011."""
