@@ -403,8 +403,6 @@ class WebSocket:
             headers.append(("Sec-WebSocket-Extensions", negotiated[0]))
         if not transport.upgraded:  # else the server has sent its own 101
             connection.send_handshake(response_101(key, headers))
-        if connector._meter is not None:
-            connector._meter.handshake(101)
         return connector
 
     def _count_handshake(self, app: Flask, status: int) -> None:

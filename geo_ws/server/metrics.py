@@ -232,7 +232,9 @@ class EndpointMeter:
         family.slow.labels(key)  # shown from the start: 0 is news too
 
     def opened(self, registry: Registry, connection: Connection, broker: Broker) -> None:
-        """A connection of ``registry`` opened: watch its registry, broker and pings."""
+        """A connection of ``registry`` opened (its handshake answered with 101): count
+        it, and watch its registry, broker and pings."""
+        self.handshake(101)
         self._registries.add(registry)
         self._brokers.setdefault(broker, {})
         connection.on_round_trip = self._round_trips.observe
