@@ -164,15 +164,22 @@ def test_ping_round_trips_and_slow_consumers_are_counted(serve) -> None:
         value(scrape(address), "geo_ws_ping_round_trip_seconds_sum", endpoint=prefix + "/ping") < 1
     )
 
-    # A client that never reads while the server echoes to it: closed with 1008.
+    # A client that never reads while the server echoes to it: its outbox grows (the
+    # gauge shows it), then it is closed with 1008.
     echo = prefix + "/echo"
     slow = RawClient(address, echo)
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    most_waiting = 0.0
     for _ in range(100):  # 10 MB: past the 1 MiB outbox and the kernel's buffers
         try:
             slow.send_frame(Opcode.BINARY, b"y" * 100_000)
         except OSError:
             break  # the server gave up waiting for our Close
+        samples = scrape(address)
+        most_waiting = max(most_waiting, value(samples, "geo_ws_outbox_bytes", endpoint=echo))
+        if value(samples, "geo_ws_slow_consumer_closes_total", endpoint=echo):
+            break
+    assert 0 < most_waiting <= 2**20
     wait_for(
         address,
         {
@@ -284,3 +291,13 @@ def test_broker_counters_add_up_across_gunicorn_workers(
             assert value(scrape(address), "geo_ws_broker_published_total") == 5
     finally:
         redis.kill()
+
+
+def test_several_gunicorn_workers_without_a_multiprocess_dir_answer_500(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with gunicorn("tests.live_apps.metrics:app", workers=2) as (server, address):
+        status, body = http_get(address, "/metrics")
+        assert status == 500
+        assert "2 workers, but PROMETHEUS_MULTIPROC_DIR is not set" in body
