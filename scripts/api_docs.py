@@ -39,6 +39,7 @@ MODULES = (
     "geo_ws.gunicorn",
     "geo_ws.gunicorn_hooks",
     "geo_ws.locust",
+    "geo_ws.flask.metrics",
 )
 #: Classes documented without their methods (they override a library's hooks).
 WITHOUT_MEMBERS = {"geo_ws.gunicorn.Worker"}

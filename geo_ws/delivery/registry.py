@@ -85,6 +85,10 @@ class Registry:
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._connections))
 
+    def connections(self) -> list[Connection]:
+        """The registered connections."""
+        return list(self._connections.values())
+
     # -- rooms ---------------------------------------------------------------------------
 
     def join(self, connection_id: str, room: str) -> bool:

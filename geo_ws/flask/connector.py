@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
@@ -23,6 +24,7 @@ from ..io.connection import Connection, Interrupted
 from ..protocol.resume import SUBPROTOCOL
 from ..server.wsgi import OpenConnections, Transport
 from .appstate import app_state
+from .metrics import meter_of
 from .params import QueryParams
 from .recovery import Resumption
 
@@ -90,6 +92,7 @@ class WebSocketConnector:
         self._direct = direct
         if direct is not None:
             self._context = contextvars.Context()
+        self._meter = meter_of(app, self._registry.key)  # None: the app does not count
 
     @cached_property
     def headers(self) -> Headers:
@@ -224,6 +227,8 @@ class WebSocketConnector:
         if connections is not None:
             connections.add(connection)
         self._parking = self._transport.detachable and connection.can_park
+        if self._meter is not None:
+            self._meter.opened(self._registry, connection, self._broker)
         if self.subprotocol == SUBPROTOCOL and self._registry.recovery is not None:
             if not self._resume():
                 self._end()
@@ -282,6 +287,8 @@ class WebSocketConnector:
             self._end()
             raise
         self._unregister()
+        if self._meter is not None:
+            self._meter.closing(connection)
         request_ = connection.close_request
         self._dispatch(
             "close", "", deliver=connection.can_send and not (request_ and request_.error)
@@ -327,6 +334,8 @@ class WebSocketConnector:
         connections = self._transport.connections
         if connections is not None:
             connections.discard(self._connection)
+        if self._meter is not None:
+            self._meter.ended(self._connection)
         context, self._request_context = self._request_context, None
         if context is not None:
             try:
@@ -339,6 +348,9 @@ class WebSocketConnector:
         handler = self._endpoint._handlers.get(event)
         if handler is None:
             return
+        # Timed for the metrics: every connect and close, one message in SAMPLE_EVERY.
+        meter = self._meter
+        started = None if meter is None else meter.started(event)
         try:
             if self._direct is not None:
                 self._enter_request(self._direct)
@@ -361,6 +373,8 @@ class WebSocketConnector:
             # it. Not an error; the session sees the same ending and closes accordingly.
         except Exception:
             self._handler_failed(event)
+        if meter is not None and started is not None:
+            meter.handled(event, time.perf_counter() - started)
 
     def _handler_failed(self, event: str) -> None:
         """Log the handler's exception (being handled) and close with 1011."""

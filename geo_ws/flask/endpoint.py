@@ -51,6 +51,8 @@ from ..server.wsgi import Transport, take_over
 from .appstate import AppState, Handler, app_state
 from .connector import Data, WebSocketConnector
 from .direct import direct_lane
+from .metrics import install as install_metrics
+from .metrics import meter_of
 from .recovery import as_recovery
 
 if TYPE_CHECKING:
@@ -194,6 +196,7 @@ class WebSocket:
         state.registries[self] = Registry(key, recovery)
         state.global_dependencies.update(self._global_injections)
         app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
+        install_metrics(app)
         self._apps.append(app)
 
     # -- registration ------------------------------------------------------------------
@@ -332,8 +335,10 @@ class WebSocket:
         try:
             connector = self._open(app, request.environ, path_params)
         except HandshakeError as error:
+            self._count_handshake(app, error.status)
             return Response(error.reason + "\n", error.status, error.headers, mimetype="text/plain")
         if connector is None:
+            self._count_handshake(app, 500)
             logger.error("%s: this WSGI server cannot hand a socket over", request.path)
             return Response(
                 "this server cannot upgrade to WebSocket: serve the app with geo-ws run, "
@@ -414,6 +419,12 @@ class WebSocket:
         if not transport.upgraded:  # else the server has sent its own 101
             connection.send_handshake(response_101(key, headers))
         return connector
+
+    def _count_handshake(self, app: Flask, status: int) -> None:
+        """Count a refused handshake, if ``app`` counts."""
+        meter = meter_of(app, app_state(app).registries[self].key)
+        if meter is not None:
+            meter.handshake(status)
 
 
 class _EndOfSocket(Response):

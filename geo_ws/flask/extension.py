@@ -16,6 +16,7 @@ from flask.cli import AppGroup
 from .._compat.flask import current_object
 from ..io.options import Options
 from .browser import BLUEPRINT_NAME, browser_client
+from .metrics import install as install_metrics
 
 __all__ = ["GeoWS", "cli"]
 
@@ -63,7 +64,9 @@ class GeoWS:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Fill in the ``GEO_WS_*`` config defaults, serve geo_ws.js, add ``flask geo-ws run``.
+        """Fill in the ``GEO_WS_*`` config defaults, serve geo_ws.js, add ``flask geo-ws run``,
+        and serve the metrics at ``GEO_WS_METRICS_PATH`` if it is set (see
+        :mod:`geo_ws.flask.metrics`).
 
         The browser client is :data:`geo_ws.browser_client` (``/geo_ws/geo_ws.js``),
         registered unless the app has it already.
@@ -74,6 +77,7 @@ class GeoWS:
         app.cli.add_command(cli)
         if BLUEPRINT_NAME not in app.blueprints:
             app.register_blueprint(browser_client)
+        install_metrics(app)
 
     def run(self, app: Flask, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
         """Serve ``app`` with :func:`geo_ws.run` (the process must be monkey-patched)."""

@@ -268,7 +268,11 @@ class Connection:
         "_pong_callbacks",
         "_queued_pong",
         "_reading",
+        "_received",
+        "_received_bytes",
         "_recv",
+        "_sent",
+        "_sent_bytes",
         "_tcp_closed",
         "_timer",
         "_turn_end",
@@ -282,6 +286,7 @@ class Connection:
         "deflate",
         "latency",
         "max_outbox_size",
+        "on_round_trip",
         "ping_interval",
         "ping_timeout",
         "protocol",
@@ -334,6 +339,9 @@ class Connection:
         self.close_timeout = close_timeout
         # Parsed, not yet handled: resumes where it stopped.
         self._events = iter(self.protocol.receive_data(received)) if received else _NO_EVENTS
+        # Traffic since take_counts() last took it: plain ints, cheap on the hot path.
+        self._received = self._sent = self._sent_bytes = 0
+        self._received_bytes = len(received)
         self._unparsed: bytes | memoryview = b""  # read, not yet parsed
         self._parse_size = FIRST_PARSE_SIZE  # how much of it to parse next
         self._turn_end = 0.0  # time.perf_counter() by which the reader lets others run
@@ -362,6 +370,8 @@ class Connection:
         """``(code, reason, error)`` once a local close was requested, else ``None``."""
         self.latency: float | None = None
         """The last keepalive ping's round trip, in seconds."""
+        self.on_round_trip: Callable[[float], None] | None = None
+        """Called with each keepalive ping's round trip, in seconds (metrics)."""
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         # One loop timer, no greenlet: it alternates between waiting ping_interval to
@@ -373,6 +383,28 @@ class Connection:
             self._arm(ping_interval)
 
     # -- sending -----------------------------------------------------------------------
+
+    def take_counts(self) -> tuple[int, int, int, int]:
+        """The traffic since the last call, which starts counting afresh (for metrics).
+
+        Returns:
+            ``(messages received, bytes received, messages sent, bytes sent)``: data
+            messages, and the bytes of every frame after the handshake, headers included
+            (sent: queued for the socket).
+        """
+        counts = (self._received, self._received_bytes, self._sent, self._sent_bytes)
+        self._received = self._received_bytes = self._sent = self._sent_bytes = 0
+        return counts
+
+    @property
+    def outbox_bytes(self) -> int:
+        """How many bytes wait for the client to read them."""
+        return self._outbox_bytes
+
+    @property
+    def overflowed(self) -> bool:
+        """Whether the client read too slowly and was closed for it (see ``max_outbox_size``)."""
+        return self._overflowed
 
     @property
     def can_send(self) -> bool:
@@ -386,6 +418,7 @@ class Connection:
         so a connect handler's first message usually shares its system call.
         """
         self._write(response)
+        self._sent_bytes = 0  # it comes first, and is HTTP: frames only are counted
 
     def send(self, data: str | bytes | bytearray | memoryview) -> bool:
         """Send one message: ``str`` as text, anything bytes-like as binary.
@@ -414,6 +447,7 @@ class Connection:
             raise TypeError(
                 f"can only send str (text) or bytes-like (binary), not {type(data).__name__}"
             )
+        self._sent += 1
         if self._outbox or self._writer is not None or self._lost or not self._direct:
             if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
                 self._overflow(len(frame))
@@ -422,6 +456,7 @@ class Connection:
             return True
         # Nothing waits: straight into the kernel's buffer (what _write and _flush do,
         # without the outbox); what it cannot take waits for the writer.
+        self._sent_bytes += len(frame)
         try:
             sent = os.write(self._fd, frame)
         except BlockingIOError:
@@ -454,6 +489,7 @@ class Connection:
         if len(frame) + self._outbox_bytes > self.max_outbox_size and self._outbox:
             self._overflow(len(frame))
             return False
+        self._sent += 1
         self._write(frame)
         return True
 
@@ -471,6 +507,7 @@ class Connection:
             outbox = self._outbox = deque()
         outbox.append(data)
         self._outbox_bytes += len(data)
+        self._sent_bytes += len(data)
         if self._writer is None and not self._flush_pending:
             if self._direct and self._client:
                 # A client sends alone: waiting for the end of the turn would hold a send
@@ -630,6 +667,7 @@ class Connection:
                     # messages whose handlers fan out (a broadcast) is served in one turn,
                     # so its frames leave in one write per receiver.
                     self._turn_messages += 1
+                    self._received += 1
                     if self._turn_messages >= TURN_MESSAGES:
                         self._turn_messages = 0
                         if time.perf_counter() > self._turn_end:
@@ -722,6 +760,7 @@ class Connection:
             return []
         except OSError:
             data = b""
+        self._received_bytes += len(data)
         if len(data) > self._parse_size:
             self._unparsed = data  # a flood: parsed in turns by serve (see _read_events)
             return None
@@ -731,6 +770,7 @@ class Connection:
                 if type(event) is not Message:
                     break
             else:
+                self._received += len(events)
                 return events  # type: ignore[return-value]  # (all messages)
         else:
             self._connection_lost()
@@ -814,6 +854,7 @@ class Connection:
             data = b""
         finally:
             self._reading = None
+        self._received_bytes += len(data)
         self._drained = len(data) < READ_SIZE
         return data
 
@@ -905,6 +946,8 @@ class Connection:
         if self._ping is None or payload != self._ping[0]:
             return  # unsolicited, or an answer to a ping we gave up on
         self.latency = gevent.get_hub().loop.now() - self._ping[1]
+        if self.on_round_trip is not None:
+            self.on_round_trip(self.latency)
         self._ping = None
         self._disarm()
         if self.ping_interval is not None:

@@ -26,6 +26,7 @@ from .._compat.gunicorn import (
 from ..delivery.broker import flush_all, get_broker
 from .builtin import Handler, Server
 from .http import log_safe
+from .metrics import forget_process, note_workers
 from .process import settle_process
 from .quick import QuickHandshake
 
@@ -113,6 +114,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
                 geo_ws_logger.addHandler(handler)
             geo_ws_logger.setLevel(error_log.level)
             geo_ws_logger.propagate = False
+        note_workers(self.cfg.workers)  # the metrics need a multiprocess dir if several
         # GeventWorker patches first, then reinitialises the hub, then loads the app.
         super().init_process()
 
@@ -189,6 +191,7 @@ class Worker(GeventWorker):  # type: ignore[misc]
             flush_all(MARGIN / 2)
         finally:
             notifier.kill(block=False)
+            forget_process()  # this worker's connections leave the metrics' gauges
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: stop serving, gracefully."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import gevent
 
+from .metrics import note_workers
 from .wsgi import FOREIGN_CONNECTIONS
 
 __all__ = ["post_worker_init"]
@@ -20,6 +21,7 @@ WATCH_INTERVAL = 0.2
 def post_worker_init(worker: Any) -> None:
     """gunicorn's server hook, run in each worker once the app is loaded: watch for
     the worker's stop, then close this process's WebSockets with 1001."""
+    note_workers(worker.cfg.workers)  # the metrics need a multiprocess dir if several
     gevent.spawn(_close_on_stop, worker)
 
 
