@@ -119,6 +119,22 @@ class WebSocket:
             window bits, memory level, context takeover and the size below which messages
             go uncompressed) negotiates permessage-deflate with clients that offer it;
             ``None`` (the default) never compresses.
+        max_messages_per_second: messages a client may send per second, on average;
+            beyond, see ``rate_limit_action``. Default: no limit.
+        max_bytes_per_second: bytes of messages (text: UTF-8) a client may send per
+            second, on average. Default: no limit.
+        rate_limit_burst: seconds' worth of those rates a client may send at once after
+            a pause. Default 1.
+        rate_limit_action: ``"close"`` (the default) closes a client over a rate limit
+            with 1008 "rate limit exceeded"; ``"drop"`` drops its messages over the limit
+            (logging a warning per client every 10 s at most).
+        max_connections_per_ip: beyond this many open connections from one client
+            address (``request.remote_addr``: use ``ProxyFix`` behind a proxy), its
+            handshakes get 429; across every worker and host with a Redis broker.
+            Default: no limit.
+        max_handshakes_per_ip_per_minute: beyond this many handshakes from one address
+            in any 60 s, its handshakes get 429 with ``Retry-After``; shared as above.
+            Default: no limit.
         decorators: view decorators applied to the endpoint, innermost first (as in
             Flask's class-based views); they run before the handshake and may refuse it
             by returning or raising an HTTP error.
@@ -143,6 +159,12 @@ class WebSocket:
         subprotocols: Sequence[str] = UNSET,
         max_connections: int | None = UNSET,
         compression: str | DeflateOptions | None = UNSET,
+        max_messages_per_second: float | None = UNSET,
+        max_bytes_per_second: float | None = UNSET,
+        rate_limit_burst: float = UNSET,
+        rate_limit_action: str = UNSET,
+        max_connections_per_ip: int | None = UNSET,
+        max_handshakes_per_ip_per_minute: int | None = UNSET,
         decorators: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
         broker: Broker | str | None = None,
     ) -> None:
