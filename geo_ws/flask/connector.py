@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
@@ -67,6 +68,8 @@ class WebSocketConnector:
         self._connection = connection
         self._transport = transport
         self._parking = False
+        # Frees this client's slot in its address's connection limit (see WebSocket._admit).
+        self._release: Callable[[], None] | None = None
         # receive() saw this client's connection end: a handler's ConnectionClosed then
         # is that ending, not the handler's failure.
         self._ended_in_receive = False
@@ -272,6 +275,8 @@ class WebSocketConnector:
         connections = self._transport.connections
         if connections is not None:
             connections.discard(self._connection)
+        if self._release is not None:
+            self._release()
         context, self._request_context = self._request_context, None
         if context is not None:
             try:

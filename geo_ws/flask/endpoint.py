@@ -32,6 +32,7 @@ from .._compat.flask import (
     current_object,
 )
 from ..delivery.broker import Broker
+from ..delivery.iplimits import IPLimits, Release, ip_limits, no_release
 from ..delivery.registry import Registry
 from ..exceptions import HandshakeError
 from ..io.connection import Connection
@@ -175,6 +176,7 @@ class WebSocket:
         }
         Options.resolve(self._explicit, {})  # fail now on a bad value, not at a handshake
         self._options: WeakKeyDictionary[Flask, Options] = WeakKeyDictionary()
+        self._ip_limits: WeakKeyDictionary[Flask, IPLimits | None] = WeakKeyDictionary()
         self._broker_option = broker
         self.path = path
         """The URL rule of the endpoint."""
@@ -338,6 +340,31 @@ class WebSocket:
 
     # -- serving -----------------------------------------------------------------------
 
+    def _admit(self, app: Flask, environ: dict[str, Any]) -> Release:
+        """Count a handshake against its client address's limits, if any.
+
+        Returns:
+            What frees the connection slot it took, once the connection is over.
+
+        Raises:
+            HandshakeError: 429, the address is over a limit.
+        """
+        if app not in self._ip_limits:
+            options = self.options(app)
+            state = app_state(app)
+            self._ip_limits[app] = ip_limits(
+                options.max_connections_per_ip,
+                options.max_handshakes_per_ip_per_minute,
+                state.broker(self),
+                state.registries[self].key,
+                options.ping_interval,
+            )
+        limits = self._ip_limits[app]
+        if limits is None:
+            return no_release
+        # What the app sees as request.remote_addr: ProxyFix has rewritten it already.
+        return limits.admit(environ.get("REMOTE_ADDR") or "")
+
     def view(self, **path_params: Any) -> Response:
         """The Flask view: handshake, take the socket over, run the connection."""
         app: Flask = current_object(current_app)
@@ -400,8 +427,10 @@ class WebSocket:
         if options.compression is not None:
             offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
             negotiated = negotiate(offers, options.compression)
+        release = self._admit(app, environ)  # last: a refusal before it counts nothing
         transport = take_over(environ)
         if transport is None:
+            release()
             return None
         if transport.upgraded:
             subprotocol = negotiated = None  # the server's own 101 offered neither
@@ -415,6 +444,7 @@ class WebSocket:
             self, app, connection, transport, environ, path_params, direct
         )
         connector.subprotocol = subprotocol
+        connector._release = release
         headers = [("Sec-WebSocket-Protocol", subprotocol)] if subprotocol else []
         if negotiated:
             headers.append(("Sec-WebSocket-Extensions", negotiated[0]))
