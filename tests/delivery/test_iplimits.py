@@ -92,11 +92,14 @@ def admitted_within(server: str, path: str, client: str, timeout: float) -> tupl
 # -- one process ----------------------------------------------------------------------------
 
 
-def limited_app(broker: RedisBroker | None = None, **limits: int) -> Flask:
-    """``/ws`` behind ProxyFix, with ``limits`` (counted with ``broker``); greets with "hi"."""
+def limited_app(
+    broker: RedisBroker | None = None, ping_interval: float | None = None, **limits: int
+) -> Flask:
+    """``/ws`` behind ProxyFix, with ``limits`` (counted with ``broker``, refreshed every
+    ``ping_interval``); greets with "hi"."""
     app = Flask(__name__)
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
-    endpoint = WebSocket(app, "/ws", ping_interval=None, broker=broker, **limits)
+    endpoint = WebSocket(app, "/ws", ping_interval=ping_interval, broker=broker, **limits)
 
     @endpoint.on("connect")
     def connect() -> str:
@@ -160,20 +163,31 @@ def test_the_in_process_count_frees_each_slot_once() -> None:
 # -- Redis ----------------------------------------------------------------------------------
 
 
-def test_two_apps_on_one_redis_share_the_count(
+def test_two_apps_on_one_redis_share_the_count_and_keep_live_connections_counted(
     serve: Callable[[Flask], str], redis_server: RedisServer
 ) -> None:
     space = namespace()
     servers = [
-        serve(limited_app(RedisBroker(redis_server.url, namespace=space), max_connections_per_ip=2))
+        serve(
+            limited_app(
+                RedisBroker(redis_server.url, namespace=space), 0.2, max_connections_per_ip=2
+            )
+        )
         for _ in range(2)
     ]
     client = address()
-    assert handshake(servers[0], "/ws", client).status == 101
+    first = handshake(servers[0], "/ws", client)
+    assert first.status == 101
     assert handshake(servers[1], "/ws", client).status == 101
     assert [handshake(server, "/ws", client).status for server in servers] == [429, 429]
+    # A ticket lives 0.5 s (2.5 keepalive intervals) past its last refresh: three lifetimes
+    # later, the live connections are still counted.
+    gevent.sleep(1.5)
     limits = RedisIPLimits(2, None, RedisBroker(redis_server.url).redis, f"{space}:limits:/ws")
     assert limits.open_count(client) == 2
+    assert handshake(servers[1], "/ws", client).status == 429
+    close(first)
+    admitted_within(servers[1], "/ws", client, WAIT)
 
 
 def test_without_redis_handshakes_are_admitted_and_the_error_logged(
