@@ -39,12 +39,15 @@ from .ids import new_id
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["IPLimits", "RedisIPLimits", "Release", "ip_limits", "no_release"]
+__all__ = ["SWEEP_AT", "WINDOW", "IPLimits", "RedisIPLimits", "Release", "ip_limits", "no_release"]
 
 logger = logging.getLogger("geo_ws")
 
 WINDOW = 60.0
 """The handshake rate's window, in seconds."""
+
+SWEEP_AT = 1000
+"""How many addresses the in-process handshake counts know before the first sweep."""
 
 Release = Callable[[], None]
 """Frees the connection slot a handshake took (idempotent)."""
@@ -75,8 +78,13 @@ class IPLimits:
     def __init__(self, max_connections: int | None, max_handshakes_per_minute: int | None) -> None:
         self.max_connections = max_connections
         self.max_handshakes_per_minute = max_handshakes_per_minute
+        self.window = WINDOW
+        """The handshake rate's window, in seconds (a minute; tests shorten it)."""
         self._open: dict[str, int] = {}
         self._handshakes: dict[str, deque[float]] = {}
+        # The handshakes are swept of quiet addresses when they reach this many: every
+        # address ever seen would stay otherwise.
+        self._sweep_at = SWEEP_AT
 
     def admit(self, address: str) -> Release:
         """Count a handshake from ``address`` and take one of its connection slots.
@@ -94,11 +102,13 @@ class IPLimits:
         if rate is not None:
             now = time.monotonic()
             times = self._handshakes.setdefault(address, deque())
-            while times and times[0] <= now - WINDOW:
+            while times and times[0] <= now - self.window:
                 times.popleft()
             if len(times) >= rate:
-                raise _refused_handshakes(rate, times[0] + WINDOW - now)
+                raise _refused_handshakes(rate, times[0] + self.window - now)
             times.append(now)
+            if len(self._handshakes) >= self._sweep_at:
+                self._sweep(now)
         if limit is None:
             return no_release
         self._open[address] = self._open.get(address, 0) + 1
@@ -113,6 +123,15 @@ class IPLimits:
                     self._open[address] = left
 
         return release
+
+    def _sweep(self, now: float) -> None:
+        """Forget the addresses without a handshake in the window; sweep again when twice
+        as many are known (so each handshake pays a constant share of the sweeps)."""
+        quiet = now - self.window
+        self._handshakes = {
+            address: times for address, times in self._handshakes.items() if times[-1] > quiet
+        }
+        self._sweep_at = max(SWEEP_AT, 2 * len(self._handshakes))
 
     def open_count(self, address: str) -> int:
         """How many connections from ``address`` are counted open."""
@@ -218,7 +237,7 @@ class RedisIPLimits(IPLimits):
                 -1 if rate is None else rate,
                 ticket,
                 self._lifetime_ms,
-                int(WINDOW * 1000),
+                int(self.window * 1000),
             )
         except redis.RedisError as error:
             self._errors.log("cannot check the limits of %s in Redis: %s", address, error)

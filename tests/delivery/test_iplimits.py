@@ -21,7 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from geo_ws import WebSocket
 from geo_ws.delivery.broker import RedisBroker
-from geo_ws.delivery.iplimits import IPLimits, RedisIPLimits
+from geo_ws.delivery.iplimits import SWEEP_AT, IPLimits, RedisIPLimits
 from tests.helpers import WAIT, RawClient
 from tests.live_apps import limits as live
 from tests.live_apps.redis_server import RedisServer, free_port, namespace, redis_server
@@ -158,6 +158,19 @@ def test_the_in_process_count_frees_each_slot_once() -> None:
     assert limits.open_count("a") == 0
     limits.admit("a")
     assert limits.open_count("a") == 1
+
+
+def test_the_in_process_handshake_count_forgets_quiet_addresses() -> None:
+    limits = IPLimits(None, 1)
+    limits.window = 0.05
+    for i in range(SWEEP_AT - 1):
+        limits.admit(f"10.1.{i // 250}.{i % 250}")
+    with pytest.raises(Exception, match="429"):
+        limits.admit("10.1.0.0")  # still within its window
+    time.sleep(0.1)
+    limits.admit("10.2.0.0")  # the thousandth address: a sweep, which keeps only it
+    assert list(limits._handshakes) == ["10.2.0.0"]
+    limits.admit("10.1.0.0")  # forgotten, so admitted
 
 
 # -- Redis ----------------------------------------------------------------------------------
