@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 
 from geo_ws import WebSocket
 from geo_ws.flask.connector import WebSocketConnector
@@ -193,3 +193,27 @@ def test_byte_rate_counts_utf8_and_drops_beyond_it(
     assert abs(echoed - expected) <= SLACK * rate / 1000 + 2, (echoed, expected)
     limit = clients[0]._connection.rate_limit
     assert limit is not None and limit.dropped == sent - echoed
+
+
+def test_gevent_websocket_style_apps_get_the_rate_limit_of_the_apps_config(
+    app: Flask, serve: Callable[[Flask], str]
+) -> None:
+    rate = 40
+    app.config["GEO_WS_MAX_MESSAGES_PER_SECOND"] = rate
+
+    @app.route("/legacy", websocket=True)
+    def legacy() -> str:
+        ws = request.environ["wsgi.websocket"]
+        while (message := ws.receive()) is not None:
+            ws.send(message)
+        return ""
+
+    client = RawClient(serve(app), "/legacy")
+    assert client.status == 101
+    flood(client, 5 * rate, 1.0)
+    echoed = 0
+    while not isinstance(event := client.recv_event(), Close):
+        assert isinstance(event, Message), event
+        echoed += 1
+    assert (event.code, event.reason) == (1008, "rate limit exceeded")
+    assert abs(echoed - 1.25 * rate) <= SLACK * rate + 2, echoed
