@@ -49,21 +49,22 @@ def handshakes_at_once(server: str, path: str, client: str, count: int) -> list[
     """``count`` handshakes from ``client``, all in flight together."""
     jobs = [gevent.spawn(handshake, server, path, client) for _ in range(count)]
     gevent.joinall(jobs, timeout=WAIT, raise_error=True)
+    assert all(job.successful() for job in jobs), "handshakes still in flight"
     return [job.value for job in jobs]
 
 
 def on_every_worker(server: str, path: str, client: str, workers: int = 3) -> list[RawClient]:
-    """One admitted handshake from ``client`` per worker: each client keeps its worker
-    busy (unable to accept) while the next handshake is made."""
+    """Admitted handshakes from ``client`` until every worker has one (at most 6): each
+    client keeps its worker busy, unable to accept, while the next handshake is made."""
     clients: list[RawClient] = []
-    for _ in range(workers):
+    while len({pid_of(ws) for ws in clients}) < workers:
+        assert len(clients) < 6, "the workers did not take turns"
         ws = handshake(server, path, client)
         assert ws.status == 101
         clients.append(ws)
         ws.send_text("spin 1.0")
     for ws in clients:
         assert ws.recv(skip_pings=True) == "spun"
-    assert len({pid_of(ws) for ws in clients}) == workers
     return clients
 
 
@@ -224,9 +225,10 @@ def test_across_three_workers_the_connection_count_is_exact_and_recovers_after_s
     with gunicorn(app, *broker, workers=3) as (server, host):
         client = address()
         limit = live.MAX_CONNECTIONS
-        admitted = on_every_worker(host, "/conns", client)  # each worker counts 1 of them
+        admitted = on_every_worker(host, "/conns", client)  # each worker counts some
         clients = handshakes_at_once(host, "/conns", client, limit)
-        assert Counter(ws.status for ws in clients) == {101: limit - 3, 429: 3}
+        spread = len(admitted)
+        assert Counter(ws.status for ws in clients) == {101: limit - spread, 429: spread}
         admitted += [ws for ws in clients if ws.status == 101]
         pids = Counter(pid_of(ws) for ws in admitted)
         # Clients that close free their slots at once (once the server is done with them)...
@@ -262,9 +264,9 @@ def test_across_three_workers_the_handshake_rate_is_exact(redis_server: RedisSer
     with gunicorn(app, "-e", f"GEO_WS_BROKER_URL={redis_server.url}", workers=3) as (server, host):
         client = address()
         limit = live.MAX_HANDSHAKES
-        on_every_worker(host, "/handshakes", client)  # each worker counts 1 of them
-        results = handshakes_at_once(host, "/handshakes", client, limit)
-        assert Counter(ws.status for ws in results) == {101: limit - 3, 429: 3}
+        made = len(on_every_worker(host, "/handshakes", client))  # each worker counts some
+        results = handshakes_at_once(host, "/handshakes", client, limit - made + 5)
+        assert Counter(ws.status for ws in results) == {101: limit - made, 429: 5}
         for ws in results:
             if ws.status == 429:
                 match = RETRY_AFTER.search(ws.response_head)
