@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SWEEP_AT", "WINDOW", "IPLimits", "RedisIPLimits", "Release", "ip_limits", "no_release"]
 
-logger = logging.getLogger("geo_ws")
 
 WINDOW = 60.0
 """The handshake rate's window, in seconds."""
