@@ -79,6 +79,8 @@ class WebSocketConnector:
         self._connection = connection
         self._transport = transport
         self._parking = False
+        # Frees this client's slot in its address's connection limit (see WebSocket._admit).
+        self._release: Callable[[], None] | None = None
         # receive() saw this client's connection end: a handler's ConnectionClosed then
         # is that ending, not the handler's failure.
         self._ended_in_receive = False
@@ -336,6 +338,8 @@ class WebSocketConnector:
             connections.discard(self._connection)
         if self._meter is not None:
             self._meter.ended(self._connection)
+        if self._release is not None:
+            self._release()
         context, self._request_context = self._request_context, None
         if context is not None:
             try:

@@ -33,6 +33,7 @@ from .._compat.flask import (
 )
 from ..delivery.broker import Broker
 from ..delivery.history import Recovery
+from ..delivery.iplimits import IPLimits, Release, ip_limits, no_release
 from ..delivery.registry import Registry
 from ..exceptions import HandshakeError
 from ..io.connection import Connection
@@ -124,6 +125,22 @@ class WebSocket:
             window bits, memory level, context takeover and the size below which messages
             go uncompressed) negotiates permessage-deflate with clients that offer it;
             ``None`` (the default) never compresses.
+        max_messages_per_second: messages a client may send per second, on average;
+            beyond, see ``rate_limit_action``. Default: no limit.
+        max_bytes_per_second: bytes of messages (text: UTF-8) a client may send per
+            second, on average. Default: no limit.
+        rate_limit_burst: seconds' worth of those rates a client may send at once after
+            a pause. Default 1.
+        rate_limit_action: ``"close"`` (the default) closes a client over a rate limit
+            with 1008 "rate limit exceeded"; ``"drop"`` drops its messages over the limit
+            (logging a warning per client every 10 s at most).
+        max_connections_per_ip: beyond this many open connections from one client
+            address (``request.remote_addr``: use ``ProxyFix`` behind a proxy), its
+            handshakes get 429; across every worker and host with a Redis broker.
+            Default: no limit.
+        max_handshakes_per_ip_per_minute: beyond this many handshakes from one address
+            in any 60 s, its handshakes get 429 with ``Retry-After``; shared as above.
+            Default: no limit.
         decorators: view decorators applied to the endpoint, innermost first (as in
             Flask's class-based views); they run before the handshake and may refuse it
             by returning or raising an HTTP error.
@@ -153,6 +170,12 @@ class WebSocket:
         subprotocols: Sequence[str] = UNSET,
         max_connections: int | None = UNSET,
         compression: str | DeflateOptions | None = UNSET,
+        max_messages_per_second: float | None = UNSET,
+        max_bytes_per_second: float | None = UNSET,
+        rate_limit_burst: float = UNSET,
+        rate_limit_action: str = UNSET,
+        max_connections_per_ip: int | None = UNSET,
+        max_handshakes_per_ip_per_minute: int | None = UNSET,
         decorators: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
         broker: Broker | str | None = None,
         recovery: bool | Recovery | None = UNSET,
@@ -164,6 +187,7 @@ class WebSocket:
         }
         as_recovery(Options.resolve(self._explicit, {}).recovery)  # fail now on a bad value
         self._options: WeakKeyDictionary[Flask, Options] = WeakKeyDictionary()
+        self._ip_limits: WeakKeyDictionary[Flask, IPLimits | None] = WeakKeyDictionary()
         self._broker_option = broker
         self.path = path
         """The URL rule of the endpoint."""
@@ -329,6 +353,31 @@ class WebSocket:
 
     # -- serving -----------------------------------------------------------------------
 
+    def _admit(self, app: Flask, environ: dict[str, Any]) -> Release:
+        """Count a handshake against its client address's limits, if any.
+
+        Returns:
+            What frees the connection slot it took, once the connection is over.
+
+        Raises:
+            HandshakeError: 429, the address is over a limit.
+        """
+        if app not in self._ip_limits:
+            options = self.options(app)
+            state = app_state(app)
+            self._ip_limits[app] = ip_limits(
+                options.max_connections_per_ip,
+                options.max_handshakes_per_ip_per_minute,
+                state.broker(self),
+                state.registries[self].key,
+                options.ping_interval,
+            )
+        limits = self._ip_limits[app]
+        if limits is None:
+            return no_release
+        # What the app sees as request.remote_addr: ProxyFix has rewritten it already.
+        return limits.admit(environ.get("REMOTE_ADDR") or "")
+
     def view(self, **path_params: Any) -> Response:
         """The Flask view: handshake, take the socket over, run the connection."""
         app: Flask = current_object(current_app)
@@ -398,8 +447,10 @@ class WebSocket:
         if options.compression is not None:
             offers = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
             negotiated = negotiate(offers, options.compression)
+        release = self._admit(app, environ)  # last: a refusal before it counts nothing
         transport = take_over(environ)
         if transport is None:
+            release()
             return None
         if transport.upgraded:
             subprotocol = negotiated = None  # the server's own 101 offered neither
@@ -413,6 +464,7 @@ class WebSocket:
             self, app, connection, transport, environ, path_params, direct
         )
         connector.subprotocol = subprotocol
+        connector._release = release
         headers = [("Sec-WebSocket-Protocol", subprotocol)] if subprotocol else []
         if negotiated:
             headers.append(("Sec-WebSocket-Extensions", negotiated[0]))

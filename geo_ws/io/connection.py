@@ -42,6 +42,7 @@ from ..protocol.deflate import PerMessageDeflate
 from ..protocol.frames import EXTERNAL_CLOSE_CODES
 from ..protocol.machine import Close, Event, Failure, Message, Ping, Pong, Protocol
 from ..protocol.outgoing import Outgoing
+from .ratelimit import RateLimit
 
 __all__ = [
     "CloseRequest",
@@ -242,6 +243,9 @@ class Connection:
         client: True on the client side: frames sent are masked, frames received must not
             be, and each send is written at once (no server-wide burst to join it with).
         received: bytes read past the handshake response, parsed before the socket.
+        rate_limit: the limits on the messages received (see :mod:`geo_ws.io.ratelimit`),
+            checked by :meth:`receive` and :meth:`receive_nowait` (a client's
+            :meth:`messages_nowait` has none).
     """
 
     # Slots: a server holds thousands of these, mostly idle.
@@ -290,6 +294,7 @@ class Connection:
         "ping_interval",
         "ping_timeout",
         "protocol",
+        "rate_limit",
         "sock",
     )
 
@@ -306,6 +311,7 @@ class Connection:
         deflate: PerMessageDeflate | None = None,
         client: bool = False,
         received: bytes = b"",
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.sock = sock
         try:
@@ -337,6 +343,8 @@ class Connection:
         """The permessage-deflate state negotiated in the handshake, if any."""
         self.max_outbox_size = max_outbox_size
         self.close_timeout = close_timeout
+        self.rate_limit = rate_limit
+        """The limits on the messages received, if any."""
         # Parsed, not yet handled: resumes where it stopped.
         self._events = iter(self.protocol.receive_data(received)) if received else _NO_EVENTS
         # Traffic since take_counts() last took it: plain ints, cheap on the hot path.
@@ -643,7 +651,8 @@ class Connection:
         Raises:
             ConnectionClosed: the peer closed (its code), the connection was lost (1006)
                 or failed because the peer broke the protocol (the code we sent).
-            Interrupted: :meth:`request_close` was called meanwhile.
+            Interrupted: :meth:`request_close` was called meanwhile (as it is for a
+                message over a :attr:`rate_limit` that closes).
         """
         message = self._receive(wait=True)
         assert message is not None
@@ -663,6 +672,12 @@ class Connection:
         while True:
             for event in self._events:
                 if type(event) is Message:
+                    limit = self.rate_limit
+                    if limit is not None and not limit.admit(event.data):
+                        if not limit.close:
+                            continue  # dropped
+                        self.request_close(1008, "rate limit exceeded")
+                        raise Interrupted
                     # The turn is checked every TURN_MESSAGES messages: a burst of a few
                     # messages whose handlers fan out (a broadcast) is served in one turn,
                     # so its frames leave in one write per receiver.

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..protocol.deflate import DeflateOptions
+from .ratelimit import RateLimit
 
 __all__ = ["UNSET", "Options"]
 
@@ -41,6 +42,13 @@ class Options:
     compression: DeflateOptions | None = None
     # True, a geo_ws.Recovery, or None/False: read by geo_ws.flask (a layer above).
     recovery: Any = None
+    # Limits (see docs/deployment.md, "Limits"): all off by default.
+    max_messages_per_second: float | None = None
+    max_bytes_per_second: float | None = None
+    rate_limit_burst: float = 1.0
+    rate_limit_action: str = "close"
+    max_connections_per_ip: int | None = None
+    max_handshakes_per_ip_per_minute: int | None = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -54,13 +62,21 @@ class Options:
 
     def connection_settings(self) -> dict[str, Any]:
         """The settings a :class:`~geo_ws.io.connection.Connection` takes, as its keyword
-        arguments (every kind of connection is made with the same ones)."""
+        arguments (every kind of connection is made with the same ones). The rate limit,
+        if any, is a new one each time: one call per connection."""
+        limit = RateLimit(
+            self.max_messages_per_second,
+            self.max_bytes_per_second,
+            self.rate_limit_burst,
+            self.rate_limit_action,
+        )
         return {
             "max_message_size": self.max_message_size,
             "max_outbox_size": self.max_outbox_size,
             "close_timeout": self.close_timeout,
             "ping_interval": self.ping_interval,
             "ping_timeout": self.ping_timeout,
+            "rate_limit": limit if limit.limits else None,
         }
 
     @classmethod
@@ -68,7 +84,8 @@ class Options:
         """Each setting from ``explicit``, else ``config["GEO_WS_<NAME>"]``, else its default.
 
         Raises:
-            ValueError: ``compression`` is not ``"deflate"``, ``DeflateOptions`` or ``None``.
+            ValueError: ``compression`` is not ``"deflate"``, ``DeflateOptions`` or ``None``,
+                or a rate limit setting is not valid.
         """
         values = {
             field.name: explicit[field.name]
@@ -83,4 +100,6 @@ class Options:
             raise ValueError(
                 f"compression must be 'deflate', DeflateOptions or None, not {compression!r}"
             )
-        return cls(**values)
+        options = cls(**values)
+        options.connection_settings()  # a bad rate limit fails here, not at a handshake
+        return options

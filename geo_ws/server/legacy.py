@@ -35,9 +35,10 @@ def legacy_options(application: Any) -> Options:
     """The settings of the gevent-websocket style connections of ``application``.
 
     Its ``GEO_WS_*`` config where it has one (a Flask app): ``GEO_WS_MAX_MESSAGE_SIZE``,
-    ``GEO_WS_MAX_OUTBOX_SIZE``, ``GEO_WS_CLOSE_TIMEOUT``, ``GEO_WS_PING_INTERVAL`` and
-    ``GEO_WS_PING_TIMEOUT`` apply; else geo_ws's defaults (1 MiB messages, a ping every
-    20 s). There is no compression, origin check or subprotocol on this path.
+    ``GEO_WS_MAX_OUTBOX_SIZE``, ``GEO_WS_CLOSE_TIMEOUT``, ``GEO_WS_PING_INTERVAL``,
+    ``GEO_WS_PING_TIMEOUT`` and the rate limits (``GEO_WS_MAX_MESSAGES_PER_SECOND``...)
+    apply; else geo_ws's defaults (1 MiB messages, a ping every 20 s). There is no
+    compression, origin check, subprotocol or address limit on this path.
     """
     config = getattr(application, "config", None)
     # compression is not negotiated here: its config value is not this path's to check.
@@ -141,8 +142,13 @@ class LegacyWebSocket:
     def finish(self) -> None:
         """After the app returned: finish the closing handshake the app left open.
 
-        A client's Close is answered with its own code.
+        A close that geo_ws requested (a rate limit, a keepalive timeout) goes out with its
+        own code and reason; a client's Close is answered with its own code.
         """
         connection = self._connection
         if connection is not None:
-            self.close(connection.echo_code or 1000)
+            request = connection.close_request
+            if request is not None:
+                self.close(request.code, request.reason)
+            else:
+                self.close(connection.echo_code or 1000)
