@@ -204,13 +204,16 @@ def test_two_apps_on_one_redis_share_the_count_and_keep_live_connections_counted
     admitted_within(servers[1], "/ws", client, WAIT)
 
 
-def test_without_redis_handshakes_are_admitted_and_the_error_logged(
-    serve: Callable[[Flask], str], caplog: pytest.LogCaptureFixture
+def test_when_redis_cannot_be_read_the_limits_admit_and_log_the_error(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", subscribe_timeout=0.1)
-    server = serve(limited_app(broker, max_connections_per_ip=1))
+    # A handshake never gets here without Redis (the broker's subscription answers 503
+    # first); this is Redis failing between the two: the limits must not lock clients out.
+    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0")
+    limits = RedisIPLimits(1, None, broker.redis, "test:limits:/ws")
     with caplog.at_level(logging.ERROR, "geo_ws"):
-        assert [handshake(server, "/ws", "10.0.0.5").status for _ in range(2)] == [101, 101]
+        releases = [limits.admit("10.0.0.5") for _ in range(2)]
+    assert all(callable(release) for release in releases)
     assert any("cannot check the limits" in record.getMessage() for record in caplog.records)
 
 
