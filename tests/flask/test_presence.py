@@ -6,16 +6,22 @@ the memory broker), then under gunicorn with three workers and a real redis-serv
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import gevent
 import pytest
 
 from geo_ws.delivery.broker import Broker, MemoryBroker, RedisBroker
 from geo_ws.delivery.presence import presence_for
-from tests.helpers import RawClient
-from tests.live_apps.presence import create_app
+from tests.helpers import WAIT, RawClient
+from tests.live_apps.presence import PING_INTERVAL, create_app
 from tests.live_apps.redis_server import RedisServer, namespace, redis_server
+from tests.server.test_gunicorn import gunicorn
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -57,6 +63,7 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 def test_presence_rooms_updates_and_leaves_in_one_process(serve: Serve, broker: Broker) -> None:
     address = serve(create_app(broker))
     watcher = RawClient(address, "/watch")
+    assert json.loads(watcher.recv()) == {"pid": os.getpid()}
     alice, alice_id = present(address, "alice")
     bob, bob_id = present(address, "bob")
     assert events(watcher, 2) == [("join", alice_id, None), ("join", bob_id, None)]
@@ -88,3 +95,59 @@ def test_presence_rooms_updates_and_leaves_in_one_process(serve: Serve, broker: 
     assert set(events(watcher, 2)) == {("leave", bob_id, None), ("leave", bob_id, "lobby")}
     assert ask(alice, presence=None)["presence"].keys() == {alice_id}
     assert ask(alice, count="lobby") == {"count": 0}
+
+
+def on_every_worker(address: str, workers: int) -> list[tuple[RawClient, str, int]]:
+    """Present clients (with their ids and workers' pids), connected in batches at once
+    until every worker holds some."""
+    clients: list[tuple[RawClient, str, int]] = []
+    for batch in range(10):
+        names = [f"c{batch}-{n}" for n in range(6)]
+        greenlets = [gevent.spawn(RawClient, address, f"/ws?name={name}") for name in names]
+        gevent.joinall(greenlets, timeout=WAIT, raise_error=True)
+        for greenlet in greenlets:
+            hello = json.loads(greenlet.value.recv(skip_pings=True))
+            clients.append((greenlet.value, hello["id"], hello["pid"]))
+        if len({pid for _, _, pid in clients}) == workers:
+            return clients
+    raise AssertionError("the connections did not reach every worker")
+
+
+def test_presence_is_seen_from_every_worker_and_a_sigkilled_workers_clients_leave(
+    redis_server: RedisServer,
+) -> None:
+    options = ("-e", f"GEO_WS_BROKER_URL={redis_server.url}")
+    with gunicorn("tests.live_apps.presence:app", *options, workers=3) as (_, address):
+        watcher = RawClient(address, "/watch")
+        watched = json.loads(watcher.recv())["pid"]
+        clients = on_every_worker(address, 3)
+        expected = {
+            connection_id: {"name": f"c{n // 6}-{n % 6}", "pid": pid}
+            for n, (_, connection_id, pid) in enumerate(clients)
+        }
+        # The same presence, whichever worker is asked; each join told once.
+        for pid in {pid for _, _, pid in clients}:
+            client = next(client for client, _, owner in clients if owner == pid)
+            assert ask(client, presence=None) == {"presence": expected}
+            assert ask(client, count=None) == {"count": len(expected)}
+        told = Counter(events(watcher, len(expected)))
+        assert told == Counter(("join", connection_id, None) for connection_id in expected)
+        # SIGKILL a worker other than the watcher's: nobody removes its clients' entries.
+        victim = next(pid for _, _, pid in clients if pid != watched)
+        gone = {connection_id for _, connection_id, pid in clients if pid == victim}
+        asking = next(client for client, _, pid in clients if pid not in (victim, watched))
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        with gevent.Timeout(WAIT):
+            while ask(asking, count=None)["count"] != len(expected) - len(gone):
+                gevent.sleep(0.02)
+        converged = time.monotonic() - killed
+        left = Counter(events(watcher, len(gone)))
+        assert left == Counter(("leave", connection_id, None) for connection_id in gone)
+        remaining = {key: info for key, info in expected.items() if key not in gone}
+        assert ask(asking, presence=None) == {"presence": remaining}
+        print(
+            f"\npresence: {len(gone)} of {len(expected)} clients on a SIGKILLed worker left "
+            f"presence after {converged:.2f}s (ping interval {PING_INTERVAL}s)"
+        )
+        assert converged < 2 * PING_INTERVAL

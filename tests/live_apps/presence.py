@@ -13,7 +13,8 @@ seconds. It takes JSON commands:
 - ``{"info": INFO}``: ``ws.set_presence(INFO)``, answers ``{"info": INFO}``
 - ``{"clear": true}``: ``ws.clear_presence()``, answers ``{"cleared": true}``
 
-``/watch`` clients are not present; every presence event is broadcast to them as
+``/watch`` clients are greeted with ``{"pid": PID}`` and are not present; every
+presence event is broadcast to them as
 ``{"event": KIND, "id": ID, "room": ROOM, "info": INFO, "pid": PID}`` (PID: the
 process that told it). ``GET /presence`` answers the endpoint's presence as JSON.
 """
@@ -63,6 +64,10 @@ def create_app(broker: Broker | str | None = None) -> Flask:
             return {"info": ws.presence}
         ws.clear_presence()
         return {"cleared": ws.presence is None}
+
+    @watch.on("connect")
+    def watching() -> dict[str, object]:
+        return {"pid": os.getpid()}
 
     @endpoint.on_presence
     def tell(event: PresenceEvent) -> None:
