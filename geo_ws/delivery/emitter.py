@@ -47,8 +47,8 @@ class Emitter:
     Args:
         url: the servers' ``GEO_WS_BROKER_URL`` (``redis+sentinel://`` too), or a
             :class:`redis.sentinel.Sentinel`.
-        service_name: the master's name, with a ``Sentinel``.
         namespace: the servers' broker namespace (``geo_ws`` unless they set one).
+        service_name: the master's name, with a ``Sentinel``.
         **redis_options: passed to :meth:`redis.Redis.from_url` (or to
             :meth:`~redis.sentinel.Sentinel.master_for`).
     """
@@ -57,8 +57,8 @@ class Emitter:
         self,
         url: str | Sentinel,
         *,
-        service_name: str | None = None,
         namespace: str = "geo_ws",
+        service_name: str | None = None,
         **redis_options: Any,
     ) -> None:
         self.namespace = namespace

@@ -121,18 +121,32 @@ class Presence:
     ) -> None:
         """Make a connection of this process present in each of ``rooms`` (``None``: the
         endpoint) with ``info``, or give it ``info`` where it is present already."""
-        raise NotImplementedError
+        self._add(endpoint, connection_id, dict(info), [room or "" for room in rooms])
 
     def discard(self, endpoint: str, connection_id: str, rooms: Iterable[str | None]) -> None:
         """Take a connection of this process out of each of ``rooms`` (``None``: the endpoint)."""
-        raise NotImplementedError
+        self._discard(endpoint, connection_id, [room or "" for room in rooms])
 
     def members(self, endpoint: str, room: str | None = None) -> dict[str, Info]:
         """The present connections of ``endpoint`` (or of its ``room``): id -> dict."""
-        raise NotImplementedError
+        return self._members(endpoint, room or "")
 
     def count(self, endpoint: str, room: str | None = None) -> int:
         """How many connections :meth:`members` would return, more cheaply."""
+        return self._count(endpoint, room or "")
+
+    # What a kind implements; a scope's room is "" for the endpoint itself.
+
+    def _add(self, endpoint: str, connection_id: str, info: Info, rooms: list[str]) -> None:
+        raise NotImplementedError
+
+    def _discard(self, endpoint: str, connection_id: str, rooms: list[str]) -> None:
+        raise NotImplementedError
+
+    def _members(self, endpoint: str, room: str) -> dict[str, Info]:
+        raise NotImplementedError
+
+    def _count(self, endpoint: str, room: str) -> int:
         raise NotImplementedError
 
 
@@ -143,38 +157,28 @@ class MemoryPresence(Presence):
         super().__init__()
         self._scopes: dict[tuple[str, str], dict[str, Info]] = {}
 
-    def add(
-        self,
-        endpoint: str,
-        connection_id: str,
-        info: Mapping[str, Any],
-        rooms: Iterable[str | None],
-    ) -> None:
-        """See :meth:`Presence.add`."""
+    def _add(self, endpoint: str, connection_id: str, info: Info, rooms: list[str]) -> None:
         for room in rooms:
-            members = self._scopes.setdefault((endpoint, room or ""), {})
+            members = self._scopes.setdefault((endpoint, room), {})
             kind = "update" if connection_id in members else "join"
-            members[connection_id] = dict(info)
-            self._tell(kind, endpoint, room or "", [connection_id], dict(info))
+            members[connection_id] = info
+            self._tell(kind, endpoint, room, [connection_id], dict(info))
 
-    def discard(self, endpoint: str, connection_id: str, rooms: Iterable[str | None]) -> None:
-        """See :meth:`Presence.discard`."""
+    def _discard(self, endpoint: str, connection_id: str, rooms: list[str]) -> None:
         for room in rooms:
-            members = self._scopes.get((endpoint, room or ""))
+            members = self._scopes.get((endpoint, room))
             if members is None or members.pop(connection_id, None) is None:
                 continue
             if not members:
-                del self._scopes[(endpoint, room or "")]
-            self._tell("leave", endpoint, room or "", [connection_id], None)
+                del self._scopes[(endpoint, room)]
+            self._tell("leave", endpoint, room, [connection_id], None)
 
-    def members(self, endpoint: str, room: str | None = None) -> dict[str, Info]:
-        """See :meth:`Presence.members`."""
-        members = self._scopes.get((endpoint, room or ""), {})
+    def _members(self, endpoint: str, room: str) -> dict[str, Info]:
+        members = self._scopes.get((endpoint, room), {})
         return {connection_id: dict(info) for connection_id, info in members.items()}
 
-    def count(self, endpoint: str, room: str | None = None) -> int:
-        """See :meth:`Presence.count`."""
-        return len(self._scopes.get((endpoint, room or ""), ()))
+    def _count(self, endpoint: str, room: str) -> int:
+        return len(self._scopes.get((endpoint, room), ()))
 
 
 # The scripts of one scope. KEYS[1]: the sorted set id -> expiry (Unix seconds),
@@ -288,23 +292,15 @@ class RedisPresence(Presence):
         self._tell("leave", endpoint, room, expired, None)
         return result[0]
 
-    def add(
-        self,
-        endpoint: str,
-        connection_id: str,
-        info: Mapping[str, Any],
-        rooms: Iterable[str | None],
-    ) -> None:
-        """See :meth:`Presence.add`."""
+    def _add(self, endpoint: str, connection_id: str, info: Info, rooms: list[str]) -> None:
         from redis import RedisError
 
         self._redis()
         encoded = json.dumps(info, separators=(",", ":"), sort_keys=True)
         scopes = []
         for room in rooms:
-            scope = (endpoint, room or "")
-            self._local.setdefault(scope, {})[connection_id] = encoded
-            scopes.append((scope, {connection_id: encoded}))
+            self._local.setdefault((endpoint, room), {})[connection_id] = encoded
+            scopes.append(((endpoint, room), {connection_id: encoded}))
         if self._refresher is None:
             self._refresher = gevent.spawn(self._refresh_loop)
         try:
@@ -340,35 +336,31 @@ class RedisPresence(Presence):
                     info = json.loads(entries[connection_id.decode()])
                     self._tell(kind, endpoint, room, [connection_id], info)
 
-    def discard(self, endpoint: str, connection_id: str, rooms: Iterable[str | None]) -> None:
-        """See :meth:`Presence.discard`."""
+    def _discard(self, endpoint: str, connection_id: str, rooms: list[str]) -> None:
         from redis import RedisError
 
         self._redis()
         for room in rooms:
-            scope = (endpoint, room or "")
-            local = self._local.get(scope)
+            local = self._local.get((endpoint, room))
             if local is None or local.pop(connection_id, None) is None:
                 continue
             if not local:
-                del self._local[scope]
+                del self._local[(endpoint, room)]
             try:
-                left = self._call(_DISCARD, endpoint, room or "", connection_id)
+                left = self._call(_DISCARD, endpoint, room, connection_id)
             except RedisError as error:
                 logger.warning("presence: cannot remove %s (%s): it expires", connection_id, error)
                 continue
-            self._tell("leave", endpoint, room or "", left, None)
+            self._tell("leave", endpoint, room, left, None)
 
-    def members(self, endpoint: str, room: str | None = None) -> dict[str, Info]:
-        """See :meth:`Presence.members`."""
+    def _members(self, endpoint: str, room: str) -> dict[str, Info]:
         self._redis()
-        flat = self._call(_MEMBERS, endpoint, room or "")
+        flat = self._call(_MEMBERS, endpoint, room)
         return {flat[i].decode(): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
-    def count(self, endpoint: str, room: str | None = None) -> int:
-        """See :meth:`Presence.count`."""
+    def _count(self, endpoint: str, room: str) -> int:
         self._redis()
-        return int(self._call(_COUNT, endpoint, room or ""))
+        return int(self._call(_COUNT, endpoint, room))
 
     def _refresh_loop(self) -> None:
         """The refresher greenlet: every half interval, :meth:`refresh`."""
