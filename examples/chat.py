@@ -4,7 +4,9 @@
     geo-ws run examples.chat:app
 
 Every message is broadcast to every chat client as ``{"from": NAME, "text": MSG}``;
-joins and leaves as ``{"event": "join" | "leave", "name": NAME}``.
+joins and leaves as ``{"event": "join" | "leave", "name": NAME}``, and who is online,
+after each change, as ``{"event": "online", "names": [NAME, ...]}`` (presence: with a
+Redis broker, across every worker; a crashed worker's clients drop out by themselves).
 """
 
 from gevent import monkey
@@ -29,6 +31,15 @@ def name_of(ws):
 @room.on("connect")
 def join(ws):
     ws.sync_broadcast(json.dumps({"event": "join", "name": name_of(ws)}))
+    ws.set_presence({"name": name_of(ws)})
+
+
+@room.on_presence
+def online(event):
+    """Someone came or went, wherever they were connected: tell everyone who is here."""
+    if event.room is None and event.kind != "update":
+        names = sorted(info["name"] for info in room.presence().values())
+        room.sync_broadcast(json.dumps({"event": "online", "names": names}))
 
 
 @room.on("message")
@@ -52,6 +63,7 @@ PAGE = """<!doctype html>
 <h1>geo_ws chat</h1>
 <p>Name <input id="name" value="guest"> <button id="join">Join</button>
    <button id="leave">Leave</button> <span id="status">offline</span></p>
+<p id="online"></p>
 <div id="log"></div>
 <form id="form"><input id="text" size="50" autocomplete="off"> <button>Send</button></form>
 <script>
@@ -77,7 +89,9 @@ function connect() {
   };
   ws.onmessage = (e) => {
     const m = JSON.parse(e.data);
-    if (m.event) show(`${m.name} ${m.event === "join" ? "joined" : "left"}`, "event");
+    const here = document.getElementById("online");
+    if (m.event === "online") here.textContent = `here: ${m.names.join(", ")}`;
+    else if (m.event) show(`${m.name} ${m.event === "join" ? "joined" : "left"}`, "event");
     else show(`${m.from}: ${m.text}`);
   };
 }

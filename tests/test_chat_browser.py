@@ -143,6 +143,8 @@ def test_two_pages_chat_leave_and_reconnect(
     bob.click("#join")
     wait_line(bob, "bob joined")
     wait_line(alice, "bob joined")
+    for page in (alice, bob):  # who is online: the chat's presence
+        expect(page.locator("#online")).to_have_text("here: alice, bob")
 
     say(alice, "hi bob, this page talks to a gevent server")
     say(bob, "hello alice: sync handlers, Robyn's API")
@@ -188,3 +190,4 @@ def test_two_pages_chat_leave_and_reconnect(
     left = count_lines(alice, "bob left")
     bob.close()
     wait_line(alice, "bob left", left + 1)
+    expect(alice.locator("#online")).to_have_text("here: alice")
