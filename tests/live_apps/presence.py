@@ -26,8 +26,8 @@ import os
 
 from flask import Flask
 
+from geo_ws import PresenceEvent
 from geo_ws.delivery.broker import Broker
-from geo_ws.delivery.presence import PresenceEvent
 from geo_ws.flask.connector import WebSocketConnector
 from geo_ws.flask.endpoint import WebSocket
 
