@@ -266,6 +266,7 @@ class RedisPresence(Presence):
         self._refresher: Greenlet[Any, None] | None = None
 
     def _redis(self) -> redis.Redis:
+        """This process's client (forgetting a parent's entries after a fork)."""
         if self._pid != os.getpid():
             self._reset()
         return self.broker.redis()
@@ -288,7 +289,10 @@ class RedisPresence(Presence):
 
     def _call(self, source: str, endpoint: str, room: str, *args: Any) -> Any:
         """Run a scope's script; tell the leaves of what expired; return the rest."""
-        *result, expired = self._script(source)(self._keys(endpoint, room), [time.time(), *args])
+        script = self._script(source)
+        keys, argv = self._keys(endpoint, room), [time.time(), *args]
+        # This process's client: the one the script was registered with may be a parent's.
+        *result, expired = script(keys, argv, client=self._redis())
         self._tell("leave", endpoint, room, expired, None)
         return result[0]
 
@@ -354,12 +358,10 @@ class RedisPresence(Presence):
             self._tell("leave", endpoint, room, left, None)
 
     def _members(self, endpoint: str, room: str) -> dict[str, Info]:
-        self._redis()
         flat = self._call(_MEMBERS, endpoint, room)
         return {flat[i].decode(): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def _count(self, endpoint: str, room: str) -> int:
-        self._redis()
         return int(self._call(_COUNT, endpoint, room))
 
     def _refresh_loop(self) -> None:
