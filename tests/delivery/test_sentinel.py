@@ -124,6 +124,14 @@ def test_a_failover_mid_stream_delivery_resumes_within_ten_seconds(
     finally:
         stopping.set()
         gevent.killall(greenlets, timeout=WAIT)
+    # The sending server's subscription comes back too, after its own backoff (up to 5 s).
+    commands = make_client(sentinel_cluster.url)
+    try:
+        with gevent.Timeout(2 * WAIT):
+            while commands.pubsub_numsub("geo_ws:all")[0][1] < 2:
+                gevent.sleep(0.05)
+    finally:
+        commands.close()
     emitter = Emitter(Sentinel(sentinel_cluster.addresses), service_name=SERVICE)
     try:
         assert emitter.broadcast("/ws", "from cron") == 2  # both servers, on the new master
