@@ -244,7 +244,8 @@ class RedisPresence(Presence):
     process's entries is one pipelined round trip per half interval. If Redis cannot be
     reached, :meth:`add` and :meth:`discard` log a warning and the next refresh writes
     this process's entries again (late joins are told then); reads raise
-    :class:`redis.RedisError`.
+    :class:`redis.RedisError`. After Redis lost its data, the next refresh writes the
+    entries again and tells their joins again: it cannot tell a loss from a late refresh.
 
     Args:
         broker: the broker whose Redis and namespace to use; keys are
