@@ -61,6 +61,7 @@ DEFAULT_INTERVAL = 20.0
 """The refresh interval of endpoints that send no keepalive pings, in seconds."""
 
 Info = dict[str, Any]
+Change = Literal["join", "update", "leave"]
 Notify = Callable[["PresenceEvent"], None]
 
 
@@ -68,7 +69,7 @@ Notify = Callable[["PresenceEvent"], None]
 class PresenceEvent:
     """A connection came into, changed in, or went out of an endpoint's or a room's presence."""
 
-    kind: Literal["join", "update", "leave"]
+    kind: Change
     """What happened."""
     endpoint: str
     """The endpoint's name across processes (its full URL rule)."""
@@ -98,7 +99,7 @@ class Presence:
         if interval is not None:
             self.interval = min(self.interval, interval)
 
-    def _tell(self, kind: str, endpoint: str, room: str, ids: Iterable[Any], info: Any) -> None:
+    def _tell(self, kind: Change, endpoint: str, room: str, ids: Iterable[Any], info: Any) -> None:
         """Run the endpoint's hook for each id (``room`` ``""``: the endpoint's presence)."""
         notify = self._notify.get(endpoint)
         if notify is None:
@@ -106,7 +107,7 @@ class Presence:
         for connection_id in ids:
             if isinstance(connection_id, bytes):
                 connection_id = connection_id.decode()
-            event = PresenceEvent(kind, endpoint, room or None, connection_id, info)  # type: ignore[arg-type]
+            event = PresenceEvent(kind, endpoint, room or None, connection_id, info)
             try:
                 notify(event)
             except Exception:
@@ -160,7 +161,7 @@ class MemoryPresence(Presence):
     def _add(self, endpoint: str, connection_id: str, info: Info, rooms: list[str]) -> None:
         for room in rooms:
             members = self._scopes.setdefault((endpoint, room), {})
-            kind = "update" if connection_id in members else "join"
+            kind: Change = "update" if connection_id in members else "join"
             members[connection_id] = info
             self._tell(kind, endpoint, room, [connection_id], dict(info))
 
@@ -336,7 +337,11 @@ class RedisPresence(Presence):
             scopes, pipeline.execute(), strict=True
         ):
             self._tell("leave", endpoint, room, expired, None)
-            for kind, ids in (("join", joined), ("update", updated)):
+            changes: tuple[tuple[Change, list[bytes]], ...] = (
+                ("join", joined),
+                ("update", updated),
+            )
+            for kind, ids in changes:
                 for connection_id in ids:
                     info = json.loads(entries[connection_id.decode()])
                     self._tell(kind, endpoint, room, [connection_id], info)
