@@ -17,7 +17,7 @@ import gevent
 import pytest
 
 from geo_ws.delivery.broker import Broker, MemoryBroker, RedisBroker
-from geo_ws.delivery.presence import presence_for
+from geo_ws.delivery.presence import RedisPresence, presence_for
 from tests.helpers import WAIT, RawClient
 from tests.live_apps.presence import PING_INTERVAL, create_app
 from tests.live_apps.redis_server import RedisServer, namespace, redis_server
@@ -56,7 +56,9 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     server: RedisServer = request.getfixturevalue("redis_server")
     redis_broker = RedisBroker(server.url, namespace=namespace())
     yield redis_broker
-    presence_for(redis_broker).stop()  # type: ignore[attr-defined]
+    presence = presence_for(redis_broker)
+    assert isinstance(presence, RedisPresence)
+    presence.stop()
     redis_broker.stop()
 
 
