@@ -5,7 +5,9 @@
 
 Every message is broadcast to every chat client as ``{"from": NAME, "text": MSG}``;
 joins and leaves as ``{"event": "join" | "leave" | "back", "name": NAME}`` ("back": a
-page that dropped, its leave sent, came back and resumed).
+page that dropped, its leave sent, came back and resumed), and who is online, after each
+change, as ``{"event": "online", "names": [NAME, ...]}`` (presence: with a Redis broker,
+across every worker; a crashed worker's clients drop out by themselves).
 
 The page talks through geo_ws.js, the browser client geo_ws serves (``browser_client``):
 after a drop (a network blip, a server restart) it reconnects and resumes, and shows every
@@ -37,6 +39,15 @@ def join(ws):
     # A page that resumed after a drop is back (its close handler said it left).
     event = "back" if ws.resumed else "join"
     ws.sync_broadcast(json.dumps({"event": event, "name": name_of(ws)}))
+    ws.set_presence({"name": name_of(ws)})
+
+
+@room.on_presence
+def online(event):
+    """Someone came or went, wherever they were connected: tell everyone who is here."""
+    if event.room is None and event.kind != "update":
+        names = sorted(info["name"] for info in room.presence().values())
+        room.sync_broadcast(json.dumps({"event": "online", "names": names}))
 
 
 @room.on("message")
@@ -60,6 +71,7 @@ PAGE = """<!doctype html>
 <h1>geo_ws chat</h1>
 <p>Name <input id="name" value="guest"> <button id="join">Join</button>
    <button id="leave">Leave</button> <span id="status">offline</span></p>
+<p id="online"></p>
 <div id="log"></div>
 <form id="form"><input id="text" size="50" autocomplete="off"> <button>Send</button></form>
 <script type="module">
@@ -87,7 +99,9 @@ function connect() {
   socket.addEventListener("recovery-failed", lost);
   socket.addEventListener("message", (e) => {
     const m = JSON.parse(e.data);
-    if (m.event) show(`${m.name} ${EVENTS[m.event]}`, "event");
+    const here = document.getElementById("online");
+    if (m.event === "online") here.textContent = `here: ${m.names.join(", ")}`;
+    else if (m.event) show(`${m.name} ${EVENTS[m.event]}`, "event");
     else show(`${m.from}: ${m.text}`);
   });
 }

@@ -48,6 +48,7 @@ _EXPORTS = {
     "RedisBroker": "delivery.broker",
     "Emitter": "delivery.emitter",
     "Recovery": "delivery.history",
+    "PresenceEvent": "delivery.presence",
 }
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "InvalidUTF8",
     "MemoryBroker",
     "PayloadTooBig",
+    "PresenceEvent",
     "ProtocolError",
     "QueryParams",
     "Recovery",
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
     from .delivery.broker import Broker, MemoryBroker, RedisBroker
     from .delivery.emitter import Emitter
     from .delivery.history import Recovery
+    from .delivery.presence import PresenceEvent
     from .exceptions import (
         ConnectionClosed,
         ConnectionClosedError,

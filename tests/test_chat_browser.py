@@ -136,7 +136,8 @@ def join_both(browser: Browser, url: str) -> tuple[Page, Page]:
     bob.click("#join")
     wait_line(bob, "bob joined")
     wait_line(alice, "bob joined")
-    for page in (alice, bob):
+    for page in (alice, bob):  # who is online: the chat's presence
+        expect(page.locator("#online")).to_have_text("here: alice, bob")
         page.evaluate(RECORD_CLOSES)
     return alice, bob
 
@@ -207,6 +208,7 @@ def test_two_pages_chat_leave_and_reconnect(
     left = count_lines(alice, "bob left")
     bob.close()
     wait_line(alice, "bob left", left + 1)
+    expect(alice.locator("#online")).to_have_text("here: alice")
 
 
 def test_restart_with_redis_resumes_every_message_once(

@@ -230,12 +230,18 @@ def test_chat_page(serve: Serve) -> None:
 
 def test_chat_room(serve: Serve) -> None:
     address = serve(chat)
+    online: dict[websocket.WebSocket, list[list[str]]] = {}
 
     def join(name: str) -> websocket.WebSocket:
-        return websocket.create_connection(f"ws://{address}/chat/ws?name={name}", timeout=WAIT)
+        ws = websocket.create_connection(f"ws://{address}/chat/ws?name={name}", timeout=WAIT)
+        online[ws] = []
+        return ws
 
     def recv(ws: websocket.WebSocket) -> object:
-        return json.loads(ws.recv())
+        """The next message but the lists of who is online, kept in ``online``."""
+        while (message := json.loads(ws.recv())).get("event") == "online":
+            online[ws].append(message["names"])
+        return message
 
     alice = join("alice")
     bob = None
@@ -251,6 +257,8 @@ def test_chat_room(serve: Serve) -> None:
         assert recv(alice) == {"event": "leave", "name": "bob"}
         alice.send("alone")
         assert recv(alice) == {"from": "alice", "text": "alone"}
+        assert online[alice] == [["alice"], ["alice", "bob"], ["alice"]]
+        assert online[bob] == [["alice", "bob"]]
     finally:
         alice.close()
         if bob is not None:

@@ -79,11 +79,13 @@ from .history import (
     read_log,
 )
 from .ids import node_id, node_of
+from .redis_url import REDIS_SCHEMES, make_client
 from .registry import Registry
 
 if TYPE_CHECKING:
     import redis
     from redis import Redis
+    from redis.sentinel import Sentinel
 
 __all__ = [
     "BROKER_EVENTS",
@@ -591,7 +593,10 @@ class RedisBroker(Broker):
     the listener goes on.
 
     Args:
-        url: a Redis URL (``redis://``, ``rediss://`` or ``unix://``).
+        url: a Redis URL (``redis://``, ``rediss://`` or ``unix://``), a Sentinel URL
+            (``redis+sentinel://``, see :mod:`geo_ws.delivery.redis_url`) or a
+            :class:`redis.sentinel.Sentinel`: then both connections follow a failover.
+        service_name: the master's name, with a ``Sentinel``.
         namespace: prefix of the channels and keys; apps sharing a Redis need different
             ones.
         health_check_interval: seconds between pings on an idle subscription; three
@@ -602,13 +607,15 @@ class RedisBroker(Broker):
             handshake is refused with 503).
         history: how much the logs of the channels of endpoints without recovery keep
             (long enough to repair a reconnect).
-        **redis_options: passed to :meth:`redis.Redis.from_url`.
+        **redis_options: passed to :meth:`redis.Redis.from_url` (or to
+            :meth:`~redis.sentinel.Sentinel.master_for`).
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sentinel,
         *,
+        service_name: str | None = None,
         namespace: str = "geo_ws",
         health_check_interval: float = 2.0,
         max_queue: int = 10_000,
@@ -618,6 +625,7 @@ class RedisBroker(Broker):
     ) -> None:
         super().__init__()
         self.url = url
+        self.service_name = service_name
         self.namespace = namespace
         self.health_check_interval = health_check_interval
         self.max_queue = max_queue
@@ -675,12 +683,11 @@ class RedisBroker(Broker):
 
     def _client(self, retries: int, **options: Any) -> redis.Redis:
         """A client of its own; geo_ws does the backing off, redis-py retries at most once."""
-        import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         options = {"retry": Retry(NoBackoff(), retries), **options, **self._redis_options}
-        return redis.Redis.from_url(self.url, **options)
+        return make_client(self.url, self.service_name, **options)
 
     def redis(self) -> redis.Redis:
         """This process's client for plain commands (sessions, presence), made on first use."""
@@ -1157,8 +1164,8 @@ def get_broker(choice: Broker | str | None) -> Broker:
     """The broker for an endpoint's ``broker=`` option or a configured URL.
 
     ``None`` or ``""`` give a new :class:`MemoryBroker`, and so does ``memory://``;
-    ``redis://``, ``rediss://`` and ``unix://`` URLs give one :class:`RedisBroker` per
-    URL and process, shared by the endpoints that name it.
+    ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://`` URLs give one
+    :class:`RedisBroker` per URL and process, shared by the endpoints that name it.
 
     Raises:
         ValueError: a URL with another scheme.
@@ -1167,8 +1174,9 @@ def get_broker(choice: Broker | str | None) -> Broker:
         return choice
     if not choice or choice.startswith("memory://"):
         return MemoryBroker()
-    if not choice.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"no broker for {choice!r}: use redis://, rediss://, unix:// or memory://")
+    if not choice.startswith(REDIS_SCHEMES):
+        schemes = ", ".join(REDIS_SCHEMES)
+        raise ValueError(f"no broker for {choice!r}: use {schemes} or memory://")
     broker = _by_url.get(choice)
     if broker is None:
         broker = _by_url[choice] = RedisBroker(choice)

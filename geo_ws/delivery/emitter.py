@@ -27,7 +27,7 @@ endpoints by themselves.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import envelope as channels
 from ..protocol.envelope import Kind, Sequencer, close_payload
@@ -35,6 +35,10 @@ from ..protocol.frames import BytesLike, Opcode
 from ..protocol.outgoing import Outgoing
 from .history import APPEND_SCRIPT, append_args, log_keys
 from .ids import node_id, node_of
+from .redis_url import make_client
+
+if TYPE_CHECKING:
+    from redis.sentinel import Sentinel
 
 __all__ = ["Emitter"]
 
@@ -46,17 +50,28 @@ class Emitter:
     when it cannot be reached: a script learns that its message is not on its way.
     Safe to share between threads.
 
+    With Sentinel, a call that fails during a failover raises; a later one reaches the
+    new master.
+
     Args:
-        url: the servers' ``GEO_WS_BROKER_URL``.
+        url: the servers' ``GEO_WS_BROKER_URL`` (``redis+sentinel://`` too), or a
+            :class:`redis.sentinel.Sentinel`.
         namespace: the servers' broker namespace (``geo_ws`` unless they set one).
-        **redis_options: passed to :meth:`redis.Redis.from_url`.
+        service_name: the master's name, with a ``Sentinel``.
+        **redis_options: passed to :meth:`redis.Redis.from_url` (or to
+            :meth:`~redis.sentinel.Sentinel.master_for`).
     """
 
-    def __init__(self, url: str, *, namespace: str = "geo_ws", **redis_options: Any) -> None:
-        import redis
-
+    def __init__(
+        self,
+        url: str | Sentinel,
+        *,
+        namespace: str = "geo_ws",
+        service_name: str | None = None,
+        **redis_options: Any,
+    ) -> None:
         self.namespace = namespace
-        self._redis = redis.Redis.from_url(url, **redis_options)
+        self._redis = make_client(url, service_name, **redis_options)
         # EVALSHA, loading the script again when Redis lost it (NOSCRIPT).
         self._append = self._redis.register_script(APPEND_SCRIPT)
         self._sequencer = Sequencer(node_id())

@@ -6,7 +6,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,6 +18,7 @@ from werkzeug.routing import Rule
 from .._compat.flask import current_request_context, push_without_matching
 from ..delivery.broker import Broker
 from ..delivery.ids import new_id
+from ..delivery.presence import Presence
 from ..exceptions import ConnectionClosed
 from ..io.concurrency import run_coroutine
 from ..io.connection import Connection, Interrupted
@@ -81,6 +82,9 @@ class WebSocketConnector:
         self._parking = False
         # Frees this client's slot in its address's connection limit (see WebSocket._admit).
         self._release: Callable[[], None] | None = None
+        # The dict given to set_presence, and the scopes (None: the endpoint) it is in.
+        self._presence_info: dict[str, Any] | None = None
+        self._present_in: set[str | None] = set()
         # receive() saw this client's connection end: a handler's ConnectionClosed then
         # is that ending, not the handler's failure.
         self._ended_in_receive = False
@@ -196,9 +200,15 @@ class WebSocketConnector:
         """Put this client in ``room``: it gets ``sync_broadcast(data, room=room)`` sent
         from any process. It leaves its rooms when it closes."""
         self._change_rooms(self._registry.join, room)
+        if room in self._registry.rooms_of(self.id) and self._presence_info is not None:
+            self._present_in.add(room)
+            self._presence.add(self._registry.key, self.id, self._presence_info, [room])
 
     def leave(self, room: str) -> None:
         """Take this client out of ``room`` (a no-op if it is not in it)."""
+        if room in self._present_in:
+            self._present_in.discard(room)
+            self._presence.discard(self._registry.key, self.id, [room])
         self._change_rooms(self._registry.leave, room)
 
     def _change_rooms(self, change: Callable[[str, str], bool], room: str) -> None:
@@ -214,6 +224,40 @@ class WebSocketConnector:
     def rooms(self) -> frozenset[str]:
         """The rooms this client is in."""
         return self._registry.rooms_of(self.id)
+
+    # -- presence ----------------------------------------------------------------------
+
+    @cached_property
+    def _presence(self) -> Presence:
+        interval = self._connection.ping_interval
+        return self._endpoint._presence(self._app, interval)[0]
+
+    @property
+    def presence(self) -> dict[str, Any] | None:
+        """The dict this client is present with (see :meth:`set_presence`), or ``None``."""
+        return None if self._presence_info is None else dict(self._presence_info)
+
+    def set_presence(self, info: Mapping[str, Any]) -> None:
+        """Make this client present, with ``info``, in the endpoint's presence and in its
+        rooms' (those it is in and will join), in every process: see
+        :meth:`WebSocket.presence`. Again: replaces ``info``. It leaves presence when it
+        closes, or by :meth:`clear_presence`.
+
+        Args:
+            info: a small dict that JSON can encode (a name, an avatar's URL): with a
+                Redis broker, it is written again every half ping interval.
+        """
+        if self.id not in self._registry:
+            return  # closed: present no more
+        self._presence_info = dict(info)
+        self._present_in = {None, *self.rooms}
+        self._presence.add(self._registry.key, self.id, info, self._present_in)
+
+    def clear_presence(self) -> None:
+        """Take this client out of presence (a no-op if it is not present)."""
+        if self._presence_info is not None:
+            scopes, self._presence_info, self._present_in = self._present_in, None, set()
+            self._presence.discard(self._registry.key, self.id, scopes)
 
     # -- the connection's life ---------------------------------------------------------
 
@@ -255,11 +299,12 @@ class WebSocketConnector:
         return True
 
     def _unregister(self, *, stopping: bool = False) -> None:
-        """Take this client out of the registry (unless another connection resumed its
-        id meanwhile); keep its session for a resume."""
+        """Take this client out of the registry and of presence (unless another
+        connection resumed its id meanwhile); keep its session for a resume."""
         rooms = self._registry.rooms_of(self.id)
         if self._registry.get(self.id) is self._connection:
             self._registry.remove(self.id)
+            self.clear_presence()
         if self._resumption is not None:
             self._resumption.dropped(rooms, write=not stopping)
 

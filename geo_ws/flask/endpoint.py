@@ -34,6 +34,7 @@ from .._compat.flask import (
 from ..delivery.broker import Broker
 from ..delivery.history import Recovery
 from ..delivery.iplimits import IPLimits, Release, ip_limits, no_release
+from ..delivery.presence import Presence, PresenceEvent, presence_for
 from ..delivery.registry import Registry
 from ..exceptions import HandshakeError
 from ..io.connection import Connection
@@ -194,6 +195,7 @@ class WebSocket:
         self.router_dependencies: dict[str, Any] = {}
         """What :meth:`inject` fed; handlers get it as ``router_dependencies``."""
         self._handlers: dict[str, Handler] = {}
+        self._presence_hooks: list[Callable[[PresenceEvent], Any]] = []
         self._global_injections: dict[str, Any] = {}
         self._apps: list[Flask] = []
         view: Callable[..., Any] = self.view
@@ -337,6 +339,54 @@ class WebSocket:
     def connection_ids(self) -> list[str]:
         """The ids of the clients connected to this endpoint, in this process."""
         return list(self._registry())
+
+    # -- presence ----------------------------------------------------------------------
+
+    def presence(self, room: str | None = None) -> dict[str, dict[str, Any]]:
+        """Who is present on this endpoint (or in its ``room``), in every process and host:
+        connection id -> the dict given to :meth:`WebSocketConnector.set_presence`.
+
+        Raises:
+            redis.RedisError: with a Redis broker, Redis could not be reached.
+        """
+        presence, key = self._presence()
+        return presence.members(key, room)
+
+    def presence_count(self, room: str | None = None) -> int:
+        """How many connections :meth:`presence` would return, without their dicts."""
+        presence, key = self._presence()
+        return presence.count(key, room)
+
+    def on_presence(self, fn: F) -> F:
+        """Register a hook told each :class:`~geo_ws.delivery.presence.PresenceEvent`
+        (join, update, leave) of this endpoint and its rooms, once across processes.
+
+        It runs in the process that saw the event, inside an app context: the one
+        holding the connection, or for a vanished process's clients, the first to
+        touch that presence after they expired. An exception is logged and ignored.
+        """
+        self._presence_hooks.append(fn)
+        return fn
+
+    def _presence(
+        self, app: Flask | None = None, interval: float | None = None
+    ) -> tuple[Presence, str]:
+        """The presence of this endpoint in ``app`` (default: the current or only one),
+        with its hooks attached, and the endpoint's key."""
+        state = app_state(app) if app is not None else self._state()
+        key = state.registries[self].key
+        presence = presence_for(state.broker(self))
+        if app is None:
+            app = current_object(current_app) if has_app_context() else self._apps[0]
+        presence.attach(key, interval, lambda event: self._tell_presence(app, event))
+        return presence, key
+
+    def _tell_presence(self, app: Flask, event: PresenceEvent) -> None:
+        if not self._presence_hooks:
+            return
+        with app.app_context():
+            for hook in self._presence_hooks:
+                hook(event)
 
     def options(self, app: Flask | None = None) -> Options:
         """This endpoint's settings in ``app`` (default: the current app).
