@@ -13,6 +13,7 @@ from gevent.event import Event
 from redis.sentinel import Sentinel
 
 from geo_ws import Emitter
+from geo_ws.client import connect
 from geo_ws.delivery.redis_url import SentinelURL, make_client, parse_sentinel_url
 from tests.helpers import WAIT, RawClient
 from tests.live_apps.process import ServerProcess
@@ -151,3 +152,59 @@ def test_a_failover_mid_stream_delivery_resumes_within_ten_seconds(
     assert missing and min(missing) >= got[49] and max(missing) < resumed_with
     # The receiving server reported the hole in the numbering.
     assert any("never arrived" in line for line in receiving.stderr.lines), receiving.stderr.lines
+
+
+def test_a_failover_under_a_recovery_endpoint_loses_and_repeats_nothing(
+    sentinel_cluster: SentinelCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A recovery endpoint's publishes wait for Redis (in order) instead of being dropped,
+    # and the replica promoted holds the log: the receiving server repairs from it.
+    monkeypatch.setenv("GEO_WS_BROKER_URL", sentinel_cluster.url)
+    servers = [
+        ServerProcess("-m", "geo_ws", "run", "tests.live_apps.resumable:app", "--port", "0")
+        for _ in range(2)
+    ]
+    try:
+        (_, first), (_, second) = (server.wait_serving() for server in servers)
+        sender = RawClient(f"127.0.0.1:{first}", "/ws")  # a plain client: plain frames
+        receiver = connect(f"ws://127.0.0.1:{second}/ws", resume=True)
+        sent = 0
+        stopping = Event()
+
+        def send() -> None:
+            nonlocal sent
+            while not stopping.is_set():
+                sender.send_text(json.dumps({"all": str(sent)}))
+                sent += 1
+                gevent.sleep(0.02)
+
+        def drain_own() -> None:
+            while True:
+                sender.recv(timeout=60)  # its own copies: read, so its socket never fills
+
+        greenlets = [gevent.spawn(send), gevent.spawn(drain_own)]
+        got: list[int] = []
+        try:
+            while len(got) < 50:
+                got.append(int(receiver.recv(timeout=WAIT)))
+            sentinel_cluster.kill_master()
+            killed, killed_at = sent, time.monotonic()
+            sentinel_cluster.wait_failover(timeout=20)
+            while got[-1] < killed:
+                got.append(int(receiver.recv(timeout=15)))
+            resumed = time.monotonic() - killed_at
+            while got[-1] < killed + 50:
+                got.append(int(receiver.recv(timeout=WAIT)))
+        finally:
+            stopping.set()
+            gevent.killall(greenlets, timeout=WAIT)
+        while len(got) < sent:
+            got.append(int(receiver.recv(timeout=2 * WAIT)))
+        print(f"\nfailover under recovery: delivery resumed after {resumed:.2f}s; {sent} sent")
+        assert got == list(range(sent))  # every one, once, in order
+        assert resumed < 10.0
+        assert receiver.reconnects == 0  # only Redis failed: no client was dropped
+        receiver.close()
+    finally:
+        for server in servers:
+            server.stop()

@@ -2,9 +2,9 @@
 gunicorn, with ``GEO_WS_BROKER_URL`` set to a Redis).
 
 ``/ws`` (recovery, window ``RESUME_AGE`` seconds, default 300) answers ``{"join": ROOM}``
-with ``joined ROOM`` and echoes everything else; what the tests count comes from
-:class:`~geo_ws.Emitter` broadcasts, which outlive any server process. Its connect
-handler prints ``connect ID RESUMED RECOVERED PID`` to stdout.
+with ``joined ROOM``, broadcasts TEXT for ``{"all": TEXT}`` and echoes everything else;
+what most tests count comes from :class:`~geo_ws.Emitter` broadcasts, which outlive any
+server process. Its connect handler prints ``connect ID RESUMED RECOVERED PID`` to stdout.
 """
 
 import json
@@ -30,9 +30,12 @@ def connect(ws: WebSocketConnector) -> None:
 
 
 @endpoint.on("message")
-def message(ws: WebSocketConnector, msg: str) -> str:
+def message(ws: WebSocketConnector, msg: str) -> str | None:
     if msg.startswith("{"):
         command = json.loads(msg)
+        if "all" in command:
+            ws.sync_broadcast(command["all"])
+            return None
         ws.join(command["join"])
         return f"joined {command['join']}"
     return msg
