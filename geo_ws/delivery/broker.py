@@ -160,6 +160,10 @@ class BrokerStats:
     """Times a log's history was lost (a new epoch: Redis restarted without what it held);
     what it held past this process's position is counted in ``missed`` only as far as
     its publishers' numbers tell."""
+    rewinds: int = 0
+    """Times a log's offsets went back under the same epoch (a failover to a replica
+    that had not received the last writes): the reused offsets' messages are delivered
+    here, not taken for ones seen already."""
 
 
 class Broker:
@@ -481,6 +485,12 @@ class GapDetector:
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
         self._last: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+
+    def is_new(self, origin: str, channel: str, seq: int) -> bool:
+        """Whether ``seq`` from ``origin`` on ``channel`` is past what was recorded
+        (without recording it)."""
+        previous = self._last.get((origin, channel))
+        return previous is None or seq > previous[0]
 
     def check(self, origin: str, channel: str, seq: int, counted: int = 0) -> Gap | bool:
         """Record ``seq`` from ``origin`` on ``channel``.
@@ -1009,6 +1019,21 @@ class RedisBroker(Broker):
         follower.offset = 0
         follower.fresh = False
 
+    def _rewound(self, channel: str, follower: _Follower, offset: int) -> None:
+        """A message never seen here came at an offset already passed: the log went back
+        (Redis replication is asynchronous: a replica promoted before it had the last
+        writes numbers again from where it was). Follow it from there."""
+        self.stats.rewinds += 1
+        logger.warning(
+            "broker: the history of %s went back from offset %d to %d under the same epoch "
+            "(a failover to a replica that lagged?): following it from there; clients "
+            "resuming across it may miss messages unknowingly (see docs/deployment.md)",
+            channel,
+            follower.offset,
+            offset,
+        )
+        follower.offset = offset - 1
+
     def _fill(self, channel: str, follower: _Follower, last: int) -> None:
         """Deliver the entries of ``channel``'s log after ``follower.offset`` up to
         ``last`` from the stream, in order; report what it no longer holds.
@@ -1097,15 +1122,24 @@ class RedisBroker(Broker):
             if follower.fresh:  # published after the subscription was live
                 self._accept(channel, follower, offset, envelope)
                 follower.fresh = offset < follower.offset
-            return  # else read from the history already
+                return
+            # This process's own messages on the other logs were delivered before they
+            # were published, and never recorded.
+            own = envelope.origin == self._sequencer.origin and not self._is_endpoint_log(channel)
+            if own or not self._gaps.is_new(envelope.origin, channel, envelope.seq):
+                return  # read from the history already
+            self._rewound(channel, follower, offset)
         self._fill(channel, follower, offset - 1)
         follower.offset = offset
         follower.fresh = False
         self._accept(channel, follower, offset, envelope)
 
+    def _is_endpoint_log(self, channel: str) -> bool:
+        return channel.startswith(channel_of_endpoint(self.namespace, ""))
+
     def _accept(self, channel: str, follower: _Follower, offset: int, envelope: Envelope) -> None:
         """Deliver an envelope at its place in its log, unless it is a duplicate."""
-        endpoint_log = channel.startswith(channel_of_endpoint(self.namespace, ""))
+        endpoint_log = self._is_endpoint_log(channel)
         if not endpoint_log and envelope.origin == self._sequencer.origin:
             return  # delivered here already, before it was published
         verdict = self._gaps.check(envelope.origin, channel, envelope.seq, follower.counted)

@@ -273,6 +273,29 @@ def test_a_lost_history_is_a_new_epoch_and_a_retried_publish_is_delivered_once(
     assert broker.stats.histories_lost == 1 and broker.stats.missed == 0
 
 
+def test_a_log_gone_back_under_its_epoch_is_followed_not_taken_for_repeats(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    registry, (client,) = recovering("n.1")
+    broker = subscribed(redis_server.url, stop_brokers, registry)
+    channel = broker.channel_of_endpoint("/ws")
+    for text in ("one", "two", "three"):
+        broker.broadcast("/ws", text)
+    assert take(client, 3) == ["1:one", "2:two", "3:three"]
+    commands = redis.Redis.from_url(redis_server.url)
+    try:
+        # As a replica promoted before it had the last two writes: same epoch, offset 1.
+        commands.hset(log_keys(channel)[0], "offset", 1)
+        with LogWatcher("went back from offset 3 to 2") as log:
+            broker.broadcast("/ws", "after the failover")
+            broker.broadcast("/ws", "and on")
+            assert take(client, 2) == ["2:after the failover", "3:and on"]
+            assert log.seen.wait(WAIT)
+    finally:
+        commands.close()
+    assert broker.stats.rewinds == 1 and broker.stats.duplicates == 0
+
+
 # A process that broadcasts COUNT numbered messages to /ws through an Emitter.
 EMITTING = """
 import sys
