@@ -992,8 +992,17 @@ class RedisBroker(Broker):
         """
         client = self.redis()
         prefix = channel_of_endpoint(self.namespace, "")
-        if channel.startswith(prefix):  # tell Emitters where this endpoint's sends go
-            client.sadd(recovery_endpoints(self.namespace), channel[len(prefix) :])
+        if channel.startswith(prefix):
+            # Tell Emitters where this endpoint's sends go, and how much its log keeps:
+            # the window of the servers running now, not of whoever appended last.
+            recovery = self._recovery[channel[len(prefix) :]]
+            pipeline = client.pipeline(transaction=False)
+            pipeline.sadd(recovery_endpoints(self.namespace), channel[len(prefix) :])
+            pipeline.hset(
+                log_keys(channel)[0],
+                mapping={"size": recovery.size, "age": int(recovery.age * 1000)},
+            )
+            pipeline.execute()
         follower = self._followers.get(channel)
         top, _ = read_log(client, channel, 1, 0)
         if follower is None:

@@ -23,7 +23,7 @@ from geo_ws.delivery.history import (
     log_keys,
 )
 from geo_ws.delivery.registry import Registry
-from geo_ws.protocol.envelope import Envelope, Kind, Sequencer
+from geo_ws.protocol.envelope import Envelope, Kind, Sequencer, channel_of_endpoint
 from geo_ws.protocol.frames import Opcode
 from geo_ws.protocol.outgoing import Outgoing
 from tests.delivery.test_broker import LogWatcher, Queueing, Recorder, stop_brokers
@@ -294,6 +294,27 @@ def test_a_log_gone_back_under_its_epoch_is_followed_not_taken_for_repeats(
     finally:
         commands.close()
     assert broker.stats.rewinds == 1 and broker.stats.duplicates == 0
+
+
+def test_the_servers_running_now_set_the_window_emitters_append_with(
+    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+) -> None:
+    space = namespace()
+    meta = log_keys(channel_of_endpoint(space, "/ws"))[0]
+    commands = redis.Redis.from_url(redis_server.url)
+    try:
+        # The window of an earlier run of the app (half a second), left in Redis.
+        commands.hset(meta, mapping={"size": 2, "age": 500})
+        registry, (client,) = recovering("n.1", recovery=Recovery(size=100, age=60))
+        subscribed(redis_server.url, stop_brokers, registry, namespace=space)
+        assert commands.hmget(meta, "size", "age") == [b"100", b"60000"]
+        emitter = Emitter(redis_server.url, namespace=space)
+        emitter.broadcast("/ws", "kept for a minute")
+        emitter.disconnect()
+        assert take(client, 1) == ["1:kept for a minute"]
+        assert commands.hmget(meta, "size", "age") == [b"100", b"60000"]
+    finally:
+        commands.close()
 
 
 # A process that broadcasts COUNT numbered messages to /ws through an Emitter.
