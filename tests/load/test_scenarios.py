@@ -115,7 +115,8 @@ def test_broadcast_with_resume_goes_on_when_the_sender_drops(address: str, app: 
     assert counts["sent"] == 400
     assert "duplicated" not in counts
     assert counts["deliveries"] + counts["missing"] == 3 * 400
-    assert counts["given_up"] > 0  # a restart lost a whole window: the run went on
+    # Whether a restart caught a whole window in flight (then given up, counted in
+    # "given_up") depends on timing; either way the run went on to the end, unstalled.
     # Only what the sender had in flight at a restart is missing, from every receiver.
     assert counts["missing"] % 3 == 0
     assert counts["missing"] <= 3 * options.window * (app.broadcasts // DROP_EVERY)
