@@ -637,6 +637,8 @@ class RedisBroker(Broker):
         self.url = url
         self.service_name = service_name
         self.namespace = namespace
+        # What the channels of recovery endpoints start with: looked at per message.
+        self._endpoint_prefix = channel_of_endpoint(namespace, "")
         self.health_check_interval = health_check_interval
         self.max_queue = max_queue
         self.subscribe_timeout = subscribe_timeout
@@ -809,10 +811,16 @@ class RedisBroker(Broker):
         return True
 
     def _script_args(self, channel: str, envelope: bytes) -> list[Any]:
-        prefix = channel_of_endpoint(self.namespace, "")
-        if channel.startswith(prefix):
-            return append_args(channel, envelope, self._recovery[channel[len(prefix) :]])
+        endpoint = self._endpoint_of(channel)
+        if endpoint is not None:
+            return append_args(channel, envelope, self._recovery[endpoint])
         return append_args(channel, envelope, self.history)
+
+    def _endpoint_of(self, channel: str) -> str | None:
+        """The recovery endpoint whose log ``channel`` is (``None``: another channel)."""
+        if channel.startswith(self._endpoint_prefix):
+            return channel[len(self._endpoint_prefix) :]
+        return None
 
     def _publish_batch(self, client: Redis, batch: list[tuple[str, bytes, bool]]) -> None:
         """Append and publish a batch in one round trip (loading the script if Redis lost
@@ -991,13 +999,13 @@ class RedisBroker(Broker):
             redis.RedisError: Redis cannot be read (the listener subscribes again).
         """
         client = self.redis()
-        prefix = channel_of_endpoint(self.namespace, "")
-        if channel.startswith(prefix):
+        endpoint = self._endpoint_of(channel)
+        if endpoint is not None:
             # Tell Emitters where this endpoint's sends go, and how much its log keeps:
             # the window of the servers running now, not of whoever appended last.
-            recovery = self._recovery[channel[len(prefix) :]]
+            recovery = self._recovery[endpoint]
             pipeline = client.pipeline(transaction=False)
-            pipeline.sadd(recovery_endpoints(self.namespace), channel[len(prefix) :])
+            pipeline.sadd(recovery_endpoints(self.namespace), endpoint)
             pipeline.hset(
                 log_keys(channel)[0],
                 mapping={"size": recovery.size, "age": int(recovery.age * 1000)},
@@ -1134,7 +1142,9 @@ class RedisBroker(Broker):
                 return
             # This process's own messages on the other logs were delivered before they
             # were published, and never recorded.
-            own = envelope.origin == self._sequencer.origin and not self._is_endpoint_log(channel)
+            own = envelope.origin == self._sequencer.origin and not channel.startswith(
+                self._endpoint_prefix
+            )
             if own or not self._gaps.is_new(envelope.origin, channel, envelope.seq):
                 return  # read from the history already
             self._rewound(channel, follower, offset)
@@ -1143,12 +1153,9 @@ class RedisBroker(Broker):
         follower.fresh = False
         self._accept(channel, follower, offset, envelope)
 
-    def _is_endpoint_log(self, channel: str) -> bool:
-        return channel.startswith(channel_of_endpoint(self.namespace, ""))
-
     def _accept(self, channel: str, follower: _Follower, offset: int, envelope: Envelope) -> None:
         """Deliver an envelope at its place in its log, unless it is a duplicate."""
-        endpoint_log = self._is_endpoint_log(channel)
+        endpoint_log = channel.startswith(self._endpoint_prefix)
         if not endpoint_log and envelope.origin == self._sequencer.origin:
             return  # delivered here already, before it was published
         verdict = self._gaps.check(envelope.origin, channel, envelope.seq, follower.counted)
