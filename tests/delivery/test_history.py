@@ -4,6 +4,7 @@ replay, duplicates, repair across workers and faults)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import gevent
@@ -239,8 +240,16 @@ def test_a_log_in_redis_is_trimmed_by_age(
     assert 0 < broker.redis().pttl(stream) <= 330  # gone with its last entry's age
 
 
+@pytest.fixture
+def commands(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of the test's Redis, to do what a server or a failure would."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
 def test_a_lost_history_is_a_new_epoch_and_a_retried_publish_is_delivered_once(
-    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+    redis_server: RedisServer, stop_brokers: list[RedisBroker], commands: redis.Redis
 ) -> None:
     registry, (client,) = recovering("n.1")
     broker = subscribed(redis_server.url, stop_brokers, registry)
@@ -250,22 +259,16 @@ def test_a_lost_history_is_a_new_epoch_and_a_retried_publish_is_delivered_once(
     before = broker.top("/ws")
     # A publish whose reply was lost, sent again: two entries, one delivery.
     envelope = Sequencer("elsewhere").envelope(channel, Kind.BROADCAST, "/ws", "", 1, b"twice")
-    commands = redis.Redis.from_url(redis_server.url)
-    try:
-        for _ in range(2):
-            commands.eval(
-                APPEND_SCRIPT, 3, *log_keys(channel), *append_args(channel, envelope, None)
-            )
-        broker.broadcast("/ws", "after")
-        assert take(client, 2) == ["2:twice", "4:after"]
-        assert broker.stats.duplicates == 1
-        with LogWatcher("the history of .* was lost") as log:
-            commands.delete(*log_keys(channel))  # as a Redis restarted without it
-            broker.broadcast("/ws", "new history")
-            assert take(client, 1) == ["1:new history"]
-            assert log.seen.wait(WAIT)
-    finally:
-        commands.close()
+    for _ in range(2):
+        commands.eval(APPEND_SCRIPT, 3, *log_keys(channel), *append_args(channel, envelope, None))
+    broker.broadcast("/ws", "after")
+    assert take(client, 2) == ["2:twice", "4:after"]
+    assert broker.stats.duplicates == 1
+    with LogWatcher("the history of .* was lost") as log:
+        commands.delete(*log_keys(channel))  # as a Redis restarted without it
+        broker.broadcast("/ws", "new history")
+        assert take(client, 1) == ["1:new history"]
+        assert log.seen.wait(WAIT)
     after = broker.top("/ws")
     assert after.epoch != before.epoch and after.offset == 1
     assert broker.replay("/ws", before) is None
@@ -274,7 +277,7 @@ def test_a_lost_history_is_a_new_epoch_and_a_retried_publish_is_delivered_once(
 
 
 def test_a_log_gone_back_under_its_epoch_is_followed_not_taken_for_repeats(
-    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+    redis_server: RedisServer, stop_brokers: list[RedisBroker], commands: redis.Redis
 ) -> None:
     registry, (client,) = recovering("n.1")
     broker = subscribed(redis_server.url, stop_brokers, registry)
@@ -282,39 +285,31 @@ def test_a_log_gone_back_under_its_epoch_is_followed_not_taken_for_repeats(
     for text in ("one", "two", "three"):
         broker.broadcast("/ws", text)
     assert take(client, 3) == ["1:one", "2:two", "3:three"]
-    commands = redis.Redis.from_url(redis_server.url)
-    try:
-        # As a replica promoted before it had the last two writes: same epoch, offset 1.
-        commands.hset(log_keys(channel)[0], "offset", 1)
-        with LogWatcher("went back from offset 3 to 2") as log:
-            broker.broadcast("/ws", "after the failover")
-            broker.broadcast("/ws", "and on")
-            assert take(client, 2) == ["2:after the failover", "3:and on"]
-            assert log.seen.wait(WAIT)
-    finally:
-        commands.close()
+    # As a replica promoted before it had the last two writes: same epoch, offset 1.
+    commands.hset(log_keys(channel)[0], "offset", 1)
+    with LogWatcher("went back from offset 3 to 2") as log:
+        broker.broadcast("/ws", "after the failover")
+        broker.broadcast("/ws", "and on")
+        assert take(client, 2) == ["2:after the failover", "3:and on"]
+        assert log.seen.wait(WAIT)
     assert broker.stats.rewinds == 1 and broker.stats.duplicates == 0
 
 
 def test_the_servers_running_now_set_the_window_emitters_append_with(
-    redis_server: RedisServer, stop_brokers: list[RedisBroker]
+    redis_server: RedisServer, stop_brokers: list[RedisBroker], commands: redis.Redis
 ) -> None:
     space = namespace()
     meta = log_keys(channel_of_endpoint(space, "/ws"))[0]
-    commands = redis.Redis.from_url(redis_server.url)
-    try:
-        # The window of an earlier run of the app (half a second), left in Redis.
-        commands.hset(meta, mapping={"size": 2, "age": 500})
-        registry, (client,) = recovering("n.1", recovery=Recovery(size=100, age=60))
-        subscribed(redis_server.url, stop_brokers, registry, namespace=space)
-        assert commands.hmget(meta, "size", "age") == [b"100", b"60000"]
-        emitter = Emitter(redis_server.url, namespace=space)
-        emitter.broadcast("/ws", "kept for a minute")
-        emitter.disconnect()
-        assert take(client, 1) == ["1:kept for a minute"]
-        assert commands.hmget(meta, "size", "age") == [b"100", b"60000"]
-    finally:
-        commands.close()
+    # The window of an earlier run of the app (half a second), left in Redis.
+    commands.hset(meta, mapping={"size": 2, "age": 500})
+    registry, (client,) = recovering("n.1", recovery=Recovery(size=100, age=60))
+    subscribed(redis_server.url, stop_brokers, registry, namespace=space)
+    assert commands.hmget(meta, "size", "age") == [b"100", b"60000"]
+    emitter = Emitter(redis_server.url, namespace=space)
+    emitter.broadcast("/ws", "kept for a minute")
+    emitter.disconnect()
+    assert take(client, 1) == ["1:kept for a minute"]
+    assert commands.hmget(meta, "size", "age") == [b"100", b"60000"]
 
 
 # A process that broadcasts COUNT numbered messages to /ws through an Emitter.
