@@ -167,11 +167,8 @@ class MemoryPresence(Presence):
 
     def _discard(self, endpoint: str, connection_id: str, rooms: list[str]) -> None:
         for room in rooms:
-            members = self._scopes.get((endpoint, room))
-            if members is None or members.pop(connection_id, None) is None:
+            if not _pop_member(self._scopes, (endpoint, room), connection_id):
                 continue
-            if not members:
-                del self._scopes[(endpoint, room)]
             self._tell("leave", endpoint, room, [connection_id], None)
 
     def _members(self, endpoint: str, room: str) -> dict[str, Info]:
@@ -351,11 +348,8 @@ class RedisPresence(Presence):
 
         self._redis()
         for room in rooms:
-            local = self._local.get((endpoint, room))
-            if local is None or local.pop(connection_id, None) is None:
+            if not _pop_member(self._local, (endpoint, room), connection_id):
                 continue
-            if not local:
-                del self._local[(endpoint, room)]
             try:
                 left = self._call(_DISCARD, endpoint, room, connection_id)
             except RedisError as error:
@@ -409,3 +403,19 @@ def presence_for(broker: Broker) -> Presence:
         kind = RedisPresence(broker) if isinstance(broker, RedisBroker) else MemoryPresence()
         presence = _by_broker[broker] = kind
     return presence
+
+
+def _pop_member(
+    scopes: dict[tuple[str, str], dict[str, Any]], scope: tuple[str, str], member: str
+) -> bool:
+    """Take ``member`` out of ``scope`` (forgetting the scope once empty).
+
+    Returns:
+        Whether it was there.
+    """
+    members = scopes.get(scope)
+    if members is None or members.pop(member, None) is None:
+        return False
+    if not members:
+        del scopes[scope]
+    return True
